@@ -1,0 +1,115 @@
+"""One measured run: private vs plaintext prediction of the same test images."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from harness import metrics
+from harness.data import load_mnist
+from harness.private import PrivateModel, check_protocol, plaintext_predictor
+from models.conv_mnist import WEIGHTS_PATH, load_model
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENTS = ("inprocess", "cluster")
+
+
+@dataclass
+class Run:
+    """Logits and per-batch timings of one protocol/deployment/batch-size run."""
+
+    protocol: str
+    deployment: str
+    batch: int
+    first_call_s: float
+    private_logits: np.ndarray
+    plaintext_logits: np.ndarray
+    labels: np.ndarray
+    private_seconds: list[float]
+    plaintext_seconds: list[float]
+
+    def summary(self) -> dict[str, Any]:
+        agreement = metrics.compare(self.private_logits, self.plaintext_logits, self.labels)
+        return {
+            "protocol": self.protocol,
+            "deployment": self.deployment,
+            "batch": self.batch,
+            "images": agreement.images,
+            "first_call_s": self.first_call_s,
+            "latency_ms_median": metrics.median_ms(self.private_seconds),
+            "plaintext_latency_ms_median": metrics.median_ms(self.plaintext_seconds),
+            "max_abs_err": agreement.max_abs_err,
+            "mean_abs_err": agreement.mean_abs_err,
+            "argmax_agreement": agreement.argmax_agreement,
+            "plaintext_accuracy": agreement.plaintext_accuracy,
+            "private_accuracy": agreement.private_accuracy,
+            "kl_divergence": agreement.kl_divergence,
+        }
+
+
+def timed_batches(images: np.ndarray, batch: int, fn: Callable[[np.ndarray], np.ndarray],
+                  progress: Callable[[int], None] | None = None
+                  ) -> tuple[np.ndarray, list[float]]:
+    """Run ``fn`` over fixed-size batches (last one zero-padded); return outputs and seconds."""
+    outs, seconds = [], []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        n = len(chunk)
+        if n < batch:
+            pad = np.zeros((batch - n,) + chunk.shape[1:], dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        t0 = time.perf_counter()
+        out = fn(chunk)
+        seconds.append(time.perf_counter() - t0)
+        outs.append(out[:n])
+        if progress is not None:
+            progress(n)
+    return np.concatenate(outs), seconds
+
+
+def _first_batch(x: np.ndarray, batch: int) -> np.ndarray:
+    """A warm-up batch of the right size (zero-padded)."""
+    out = np.zeros((batch,) + x.shape[1:], dtype=np.float32)
+    out[: min(batch, len(x))] = x[:batch]
+    return out
+
+
+def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: int = 200,
+        weights: str | None = None, cluster: Any = None,
+        progress: Callable[[int], None] | None = None) -> Run:
+    """Share the seed model under ``protocol`` and predict ``images`` test digits privately.
+
+    ``deployment="cluster"`` needs a started ``harness.cluster.Cluster`` (or one is
+    started and stopped here when ``cluster`` is None).
+    """
+    protocol = check_protocol(protocol)
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(f"Unknown deployment {deployment!r}; choose one of {DEPLOYMENTS}.")
+    if batch < 1 or images < 1:
+        raise ValueError("batch and images must be positive")
+    split = load_mnist()
+    x, y = split.x_test[:images], split.y_test[:images]
+    if len(x) < images:
+        logger.warning("only %d test images available (asked for %d)", len(x), images)
+    model = load_model(weights or WEIGHTS_PATH, batch_size=batch)
+    plain = plaintext_predictor(model)
+    plain(_first_batch(x, batch))
+    with ExitStack() as stack:
+        config = None
+        if deployment == "cluster":
+            from harness.cluster import Cluster  # noqa: PLC0415  (only this path needs it)
+
+            if cluster is None:
+                cluster = stack.enter_context(Cluster())
+            config = cluster.connect()
+        private = PrivateModel(model, protocol, config=config)
+        private.predict(_first_batch(x, batch))
+        private_logits, private_s = timed_batches(x, batch, private.predict, progress)
+    plain_logits, plain_s = timed_batches(x, batch, plain)
+    return Run(protocol, deployment, batch, private.timing.first_call_s, private_logits, plain_logits, y,
+               private_s, plain_s)

@@ -1,0 +1,67 @@
+"""Accuracy and latency figures comparing private logits with plaintext ones."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """Mean KL(softmax(p) || softmax(q)) over rows, in nats."""
+    p = softmax(p_logits.astype(np.float64))
+    q = softmax(q_logits.astype(np.float64))
+    tiny = np.finfo(np.float64).tiny
+    return float(np.mean(np.sum(p * (np.log(p + tiny) - np.log(q + tiny)), axis=-1)))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely private logits follow the plaintext ones over a set of images."""
+
+    images: int
+    max_abs_err: float
+    mean_abs_err: float
+    argmax_agreement: float
+    plaintext_accuracy: float
+    private_accuracy: float
+    kl_divergence: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def compare(private: np.ndarray, plaintext: np.ndarray, labels: np.ndarray) -> Agreement:
+    """Compare logits of the same images; ``labels`` are the true digits."""
+    if private.shape != plaintext.shape or len(labels) != len(private):
+        raise ValueError(
+            f"shape mismatch: private {private.shape}, plaintext {plaintext.shape}, "
+            f"labels {np.shape(labels)}"
+        )
+    if len(private) == 0:
+        raise ValueError("no images to compare")
+    err = np.abs(private.astype(np.float64) - plaintext.astype(np.float64))
+    p_arg, q_arg = plaintext.argmax(-1), private.argmax(-1)
+    return Agreement(
+        images=len(private),
+        max_abs_err=float(err.max()),
+        mean_abs_err=float(err.mean()),
+        argmax_agreement=float(np.mean(p_arg == q_arg)),
+        plaintext_accuracy=float(np.mean(p_arg == labels)),
+        private_accuracy=float(np.mean(q_arg == labels)),
+        kl_divergence=kl_divergence(plaintext, private),
+    )
+
+
+def median_ms(seconds: Iterable[float]) -> float:
+    """Median of durations given in seconds, in milliseconds."""
+    values = list(seconds)
+    if not values:
+        raise ValueError("no timings")
+    return float(np.median(values) * 1e3)

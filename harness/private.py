@@ -1,0 +1,213 @@
+"""Secret-share a Keras model under a TF Encrypted protocol and predict privately.
+
+One ``PrivateModel`` = one protocol instance, one shared copy of the weights and
+one compiled (``tfe.function``) prediction step for a fixed batch size. The
+input is secret-shared by the ``prediction-client`` player and the logits are
+reconstructed on that player only (``define_output``): the servers never see
+the plaintext image or the result.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import tf_encrypted as tfe
+
+logger = logging.getLogger(__name__)
+
+SERVERS = ("server0", "server1", "server2")
+CLIENT = "prediction-client"
+PLAYERS = SERVERS + (CLIENT,)
+
+PROTOCOLS: dict[str, Callable[[], Any]] = {
+    "pond": lambda: tfe.protocol.Pond(),
+    "securenn": lambda: tfe.protocol.SecureNN(),
+    "aby3": lambda: tfe.protocol.ABY3(),
+}
+
+# Keras layer classes tf-encrypted can share, per protocol (MaxPooling2D calls an
+# ABY3-only op under SecureNN/Pond; see TFE-FACTS.md).
+_COMMON_LAYERS = frozenset(
+    {"Conv2D", "Dense", "AveragePooling2D", "Activation", "ReLU", "Flatten", "Reshape",
+     "InputLayer"}
+)
+SUPPORTED_LAYERS: dict[str, frozenset[str]] = {
+    "pond": _COMMON_LAYERS,
+    "securenn": _COMMON_LAYERS,
+    "aby3": _COMMON_LAYERS | {"MaxPooling2D"},
+}
+SUPPORTED_ACTIVATIONS = frozenset({"relu", "linear"})
+
+
+class InputError(ValueError):
+    """Input the harness refuses before any sharing, with what to do about it."""
+
+
+class UnsupportedModelError(InputError):
+    """The model has a layer or setting tf-encrypted cannot run privately."""
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A protocol's fixed-point encoding: values ``|x| < base**integral``, step ``base**-fractional``."""
+
+    base: int
+    integral: int
+    fractional: int
+
+    @property
+    def max_abs(self) -> float:
+        return float(self.base**self.integral)
+
+    @property
+    def resolution(self) -> float:
+        return float(self.base) ** -self.fractional
+
+    @classmethod
+    def of(cls, protocol: Any) -> "FixedPoint":
+        cfg = protocol.fixedpoint_config
+        return cls(cfg.scaling_base, cfg.precision_integral, cfg.precision_fractional)
+
+
+def protocol_names() -> tuple[str, ...]:
+    return tuple(PROTOCOLS)
+
+
+def check_protocol(name: str) -> str:
+    """Normalise and validate a protocol name."""
+    key = name.strip().lower()
+    if key not in PROTOCOLS:
+        raise InputError(
+            f"Unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}."
+        )
+    return key
+
+
+def check_model(model: tf.keras.Model, protocol: str) -> None:
+    """Refuse models tf-encrypted cannot share under ``protocol``, naming the layer."""
+    protocol = check_protocol(protocol)
+    supported = SUPPORTED_LAYERS[protocol]
+    if not isinstance(model, tf.keras.Sequential):
+        raise UnsupportedModelError(
+            f"tf-encrypted can only share Sequential models, got {type(model).__name__}."
+        )
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in supported:
+            raise UnsupportedModelError(
+                f"Layer {layer.name!r} ({kind}) cannot be shared under {protocol}. "
+                f"Supported layers: {', '.join(sorted(supported - {'InputLayer'}))}."
+            )
+        activation = getattr(layer, "activation", None)
+        act_name = getattr(activation, "__name__", None)
+        if act_name is not None and act_name not in SUPPORTED_ACTIVATIONS:
+            raise UnsupportedModelError(
+                f"Layer {layer.name!r} uses activation {act_name!r}; supported under "
+                f"{protocol}: {', '.join(sorted(SUPPORTED_ACTIVATIONS))}."
+            )
+    batch = model.layers[0].input_shape[0] if model.layers else None
+    if batch is None:
+        raise UnsupportedModelError(
+            "tf-encrypted needs a fixed batch size: build the first layer with "
+            "batch_input_shape=(B, ...) (models.conv_mnist.build_model(batch_size=B))."
+        )
+
+
+def check_values(name: str, values: np.ndarray, fp: FixedPoint) -> None:
+    """Refuse NaN/inf and values the fixed-point ring cannot hold (it would wrap silently)."""
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{name} contains NaN or inf; clean the data before sharing.")
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if peak >= fp.max_abs:
+        raise InputError(
+            f"{name} has |value| up to {peak:g}, outside the fixed-point range |x| < "
+            f"{fp.max_abs:g} (base {fp.base}, {fp.integral} integral digits); the ring would "
+            "wrap silently. Rescale the inputs or weights."
+        )
+
+
+def check_images(images: Any, batch_size: int, fp: FixedPoint) -> np.ndarray:
+    """Validate a batch of images for the model; returns it as float32."""
+    arr = np.asarray(images)
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"Images must be numeric, got dtype {arr.dtype}.")
+    expected = (batch_size, 28, 28, 1)
+    if arr.shape != expected:
+        raise InputError(
+            f"Images must have shape {expected} (batch, height, width, channels), "
+            f"got {arr.shape}."
+        )
+    arr = arr.astype(np.float32)
+    check_values("Image batch", arr, fp)
+    return arr
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of the first (build + trace) call."""
+
+    first_call_s: float = float("nan")
+
+
+class PrivateModel:
+    """A Keras Sequential model secret-shared under one protocol, compiled once."""
+
+    def __init__(self, model: tf.keras.Model, protocol: str = "securenn",
+                 config: tfe.config.Config | None = None) -> None:
+        self.protocol_name = check_protocol(protocol)
+        check_model(model, self.protocol_name)
+        self.batch_size = int(model.layers[0].input_shape[0])
+        tfe.set_config(config or tfe.LocalConfig(list(PLAYERS)))
+        self.protocol = PROTOCOLS[self.protocol_name]()
+        tfe.set_protocol(self.protocol)
+        self.fixed_point = FixedPoint.of(self.protocol)
+        for w in model.get_weights():
+            check_values("Model weights", w, self.fixed_point)
+        self.timing = Timing()
+        with tf.name_scope(f"share-{self.protocol_name}"):
+            self._shared = tfe.keras.models.clone_model(model)
+        self._step = self._make_step()
+
+    def _make_step(self) -> Callable[[tf.Tensor], Any]:
+        shared = self._shared
+
+        @tfe.function
+        def step(images: tf.Tensor) -> tf.Tensor:
+            x = tfe.define_private_input(CLIENT, lambda: images)
+            logits = shared(x)
+            revealed: list[tf.Tensor] = []
+
+            def to_client(plain: tf.Tensor) -> None:
+                revealed.append(tf.identity(plain))
+
+            tfe.define_output(CLIENT, [logits], to_client)
+            return revealed[0]
+
+        return step
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Private logits of one batch (exactly ``batch_size`` images)."""
+        arr = check_images(images, self.batch_size, self.fixed_point)
+        tfe.set_protocol(self.protocol)
+        start = time.perf_counter()
+        out = self._step(tf.constant(arr))
+        result = np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+        if np.isnan(self.timing.first_call_s):
+            self.timing.first_call_s = time.perf_counter() - start
+            logger.info("%s: first call (build + trace) %.2f s",
+                        self.protocol_name, self.timing.first_call_s)
+        return result
+
+
+def plaintext_predictor(model: tf.keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """The plaintext baseline: the same Keras model, compiled once with ``tf.function``."""
+    fn = tf.function(lambda x: model(x, training=False))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return fn(tf.constant(images, dtype=tf.float32)).numpy()
+
+    return predict
