@@ -1,0 +1,1 @@
+"""Plaintext Keras models used by the private-inference benchmarks."""
