@@ -352,7 +352,7 @@ def test_secure_seed(ops) -> None:
 
 
 def _unsigned(x: np.ndarray) -> np.ndarray:
-    return x.view(np.uint64 if x.dtype == np.int64 else np.uint32)
+    return x.view(np.dtype(f"u{x.dtype.itemsize}"))
 
 
 def _width(x: np.ndarray) -> int:
@@ -386,7 +386,8 @@ def ref_xor_indices(x: np.ndarray) -> np.ndarray:
     return out.astype(x.dtype)
 
 
-@pytest.fixture(scope="module", params=[np.int32, np.int64], ids=["int32", "int64"])
+@pytest.fixture(scope="module", params=[np.int8, np.int16, np.int32, np.int64],
+                ids=["int8", "int16", "int32", "int64"])
 def random_ints(request) -> np.ndarray:
     info = np.iinfo(request.param)
     rng = np.random.default_rng(20240601)

@@ -1,5 +1,6 @@
-// Element-wise bit manipulation ops on int32 / int64 tensors (attr T).
-// Bits are numbered from the least significant (bit 0); width = 32 or 64.
+// Element-wise bit manipulation ops on int8/16/32/64 tensors (attr T; ABY3
+// uses the narrow ones in its carry circuits). Bits are numbered from the least
+// significant (bit 0); width = 8 * sizeof(T).
 //
 //   BitGather(x, start, stride)    bit j of output = bit start + j*stride of x.
 //   BitSplitAndGather(x, stride)   out[i] = BitGather(x, i, stride),
@@ -62,6 +63,14 @@ inline uint32_t ReverseBits(uint32_t v) {
   return __builtin_bswap32(v);
 }
 
+inline uint16_t ReverseBits(uint16_t v) {
+  return static_cast<uint16_t>(ReverseBits(static_cast<uint32_t>(v)) >> 16);
+}
+
+inline uint8_t ReverseBits(uint8_t v) {
+  return static_cast<uint8_t>(ReverseBits(static_cast<uint32_t>(v)) >> 24);
+}
+
 // Bit k of the result is the parity of the set bits whose index has bit k
 // set; kIndexMasks[k] selects those bit positions.
 constexpr uint64_t kIndexMasks[6] = {
@@ -72,7 +81,7 @@ constexpr uint64_t kIndexMasks[6] = {
 template <typename T>
 T XorIndices(T x) {
   const uint64_t u = static_cast<Unsigned<T>>(x);
-  constexpr int kIndexBits = kWidth<T> == 64 ? 6 : 5;
+  constexpr int kIndexBits = __builtin_ctz(kWidth<T>);  // log2(width)
   T r = 0;
   for (int k = 0; k < kIndexBits; ++k) {
     r |= static_cast<T>(__builtin_parityll(u & kIndexMasks[k]) << k);
@@ -205,7 +214,7 @@ class XorIndicesOp : public OpKernel {
 REGISTER_OP("BitGather")
     .Input("x: T")
     .Output("output: T")
-    .Attr("T: {int32, int64}")
+    .Attr("T: {int8, int16, int32, int64}")
     .Attr("start: int")
     .Attr("stride: int")
     .SetShapeFn(::tensorflow::shape_inference::UnchangedShape)
@@ -214,7 +223,7 @@ REGISTER_OP("BitGather")
 REGISTER_OP("BitSplitAndGather")
     .Input("x: T")
     .Output("output: T")
-    .Attr("T: {int32, int64}")
+    .Attr("T: {int8, int16, int32, int64}")
     .Attr("stride: int")
     .SetShapeFn([](InferenceContext* c) {
       int64_t stride;
@@ -230,14 +239,14 @@ REGISTER_OP("BitSplitAndGather")
 REGISTER_OP("BitReverse")
     .Input("x: T")
     .Output("output: T")
-    .Attr("T: {int32, int64}")
+    .Attr("T: {int8, int16, int32, int64}")
     .SetShapeFn(::tensorflow::shape_inference::UnchangedShape)
     .Doc("Reverses the bit order of each element over the full dtype width.");
 
 REGISTER_OP("XorIndices")
     .Input("x: T")
     .Output("output: T")
-    .Attr("T: {int32, int64}")
+    .Attr("T: {int8, int16, int32, int64}")
     .SetShapeFn(::tensorflow::shape_inference::UnchangedShape)
     .Doc("XOR of the bit indices d of all set bits of each element.");
 
@@ -257,6 +266,8 @@ namespace {
       Name("XorIndices").Device(DEVICE_CPU).TypeConstraint<T>("T"),       \
       XorIndicesOp<T>);
 
+HARNESS_REGISTER_AUX(int8_t)
+HARNESS_REGISTER_AUX(int16_t)
 HARNESS_REGISTER_AUX(int32_t)
 HARNESS_REGISTER_AUX(int64_t)
 

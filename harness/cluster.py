@@ -1,0 +1,304 @@
+"""Three-server (+ client) TF Encrypted clusters of real worker processes.
+
+``Cluster()`` is auto-managed: it picks free loopback ports, starts one
+``python -m harness.worker`` process per player, waits until each answers as a
+gRPC server, and stops them all on exit. ``Cluster.manual(FILE)`` uses workers
+started by hand from a hostmap file: it logs the command to run on each host,
+waits for them, and names those that never answered.
+
+Workers never outlive the driver: ``stop()`` runs on normal exit, exceptions and
+Ctrl-C (context manager, ``atexit``); on SIGTERM/SIGKILL of the driver the
+workers see their parent vanish and exit by themselves (``--parent-pid``).
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.private import PLAYERS
+from harness.worker import EXIT_PORT_BUSY, READY, SHIM_ENV, load_hostmap, split_hostport
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+class ClusterError(RuntimeError):
+    """A cluster could not be started, reached, or kept alive; names the workers."""
+
+
+def grpc_answers(address: str, timeout: float = 1.0) -> bool:
+    """True if a gRPC (HTTP/2) server answers at ``host:port``: it replies with SETTINGS."""
+    host, port = split_hostport(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_HTTP2_PREFACE)
+            head = sock.recv(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 0x04
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct ports that were free on ``host`` a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@dataclass
+class Worker:
+    """One player's worker process (``process`` is None for hand-started workers)."""
+
+    name: str
+    address: str
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return "\n".join(text[-lines:])
+
+
+_LIVE: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_LIVE):
+        cluster.stop()
+
+
+@dataclass(eq=False)
+class Cluster:
+    """Workers for ``players`` (default: server0-2 and the prediction client)."""
+
+    players: tuple[str, ...] = PLAYERS
+    host: str = LOOPBACK
+    start_timeout: float = 60.0
+    threads: int = 1
+    config_file: Path | None = None  # manual mode when set
+    workers: list[Worker] = field(default_factory=list, init=False)
+    _tmp: Path | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def manual(cls, config_file: str | os.PathLike, start_timeout: float = 120.0) -> "Cluster":
+        """Workers started by hand from ``config_file`` (a hostmap JSON)."""
+        hostmap = load_hostmap(str(config_file))
+        return cls(players=tuple(hostmap), start_timeout=start_timeout,
+                   config_file=Path(config_file))
+
+    @property
+    def auto_managed(self) -> bool:
+        return self.config_file is None
+
+    @property
+    def hostmap(self) -> "OrderedDict[str, str]":
+        return OrderedDict((w.name, w.address) for w in self.workers)
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- start ---------------------------------------------------------------------
+    def start(self) -> "Cluster":
+        """Start (or, in manual mode, wait for) every worker; returns self."""
+        if self.workers:
+            return self
+        _LIVE.add(self)
+        try:
+            if self.auto_managed:
+                self._start_auto()
+            else:
+                self._await_manual()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("cluster ready: %s", dict(self.hostmap))
+        return self
+
+    def _start_auto(self, attempts: int = 3) -> None:
+        from harness.ops.bind_shim import build_bind_shim  # noqa: PLC0415
+
+        shim = build_bind_shim()
+        self._tmp = Path(tempfile.mkdtemp(prefix="tfe-cluster-"))
+        for attempt in range(1, attempts + 1):
+            ports = free_ports(self.host, len(self.players))
+            self.workers = [Worker(n, f"{self.host}:{p}") for n, p in zip(self.players, ports)]
+            config = self._tmp / "hostmap.json"
+            config.write_text(json.dumps(self.hostmap, indent=2))
+            env = dict(os.environ, LD_PRELOAD=str(shim), **{SHIM_ENV: self.host})
+            for w in self.workers:
+                w.log_path = self._tmp / f"{w.name}.log"
+                cmd = [sys.executable, "-m", "harness.worker", w.name, "--config", str(config),
+                       "--threads", str(self.threads), "--parent-pid", str(os.getpid())]
+                with open(w.log_path, "wb") as log:
+                    w.process = subprocess.Popen(
+                        cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                        env=env, start_new_session=True,
+                    )
+            busy = self._await_ready_lines()
+            if not busy:
+                return
+            logger.info("ports taken meanwhile by others (%s); retry %d", busy, attempt)
+            self._terminate()
+        raise ClusterError(f"could not find free ports on {self.host} after {attempts} tries")
+
+    def _await_ready_lines(self) -> list[str]:
+        """Wait for each worker's READY line; returns workers whose port got taken."""
+        deadline = time.monotonic() + self.start_timeout
+        waiting = {w.process.stdout.fileno(): w for w in self.workers}
+        busy: list[str] = []
+        with selectors.DefaultSelector() as sel:
+            for fd, w in waiting.items():
+                sel.register(w.process.stdout, selectors.EVENT_READ, w)
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClusterError(
+                        "workers not ready after %.0f s: %s" % (
+                            self.start_timeout, self._describe(waiting.values()))
+                    )
+                for key, _ in sel.select(timeout=min(left, 0.5)):
+                    w = key.data
+                    line = w.process.stdout.readline().decode(errors="replace")
+                    if line.startswith(READY):
+                        sel.unregister(w.process.stdout)
+                        del waiting[key.fd]
+                    elif not line:  # EOF: the worker exited
+                        sel.unregister(w.process.stdout)
+                        del waiting[key.fd]
+                        if w.process.wait() == EXIT_PORT_BUSY:
+                            busy.append(w.name)
+                        else:
+                            raise ClusterError(f"worker failed to start: {self._describe([w])}")
+        for w in self.workers:
+            if not busy and not grpc_answers(w.address):
+                raise ClusterError(f"worker reported ready but does not answer: "
+                                   f"{self._describe([w])}")
+        return busy
+
+    def manual_instructions(self) -> str:
+        """The command to run on each host of a manual cluster."""
+        cfg = shlex.quote(str(self.config_file))
+        return "\n".join(
+            f"  on {split_hostport(addr)[0]}:  python -m harness.worker {name} --config {cfg}"
+            for name, addr in load_hostmap(str(self.config_file)).items()
+        )
+
+    def _await_manual(self) -> None:
+        hostmap = load_hostmap(str(self.config_file))
+        self.workers = [Worker(n, a) for n, a in hostmap.items()]
+        logger.warning("manual cluster: start these workers (waiting up to %.0f s):\n%s",
+                       self.start_timeout, self.manual_instructions())
+        deadline = time.monotonic() + self.start_timeout
+        missing = list(self.workers)
+        while missing and time.monotonic() < deadline:
+            missing = [w for w in missing if not grpc_answers(w.address)]
+            if missing:
+                time.sleep(0.5)
+        if missing:
+            occupied = [w for w in missing if _tcp_open(w.address)]
+            detail = "; ".join(
+                f"{w.name} at {w.address}: "
+                + ("the port is taken by something that is not a worker"
+                   if w in occupied else "nothing answers")
+                for w in missing
+            )
+            raise ClusterError(f"workers never answered within {self.start_timeout:.0f} s: "
+                               f"{detail}. Start them with:\n{self.manual_instructions()}")
+
+    # -- use -----------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ``ClusterError`` naming any worker that is no longer running/answering."""
+        dead = [w for w in self.workers if not w.alive()
+                or (w.process is None and not grpc_answers(w.address))]
+        if dead:
+            raise ClusterError(f"worker(s) down: {self._describe(dead)}")
+
+    def connect(self) -> Any:
+        """Connect this (driver) process to the workers; returns the tf-encrypted config."""
+        import tf_encrypted as tfe  # noqa: PLC0415
+
+        if not self.workers:
+            self.start()
+        self.check()
+        config = tfe.RemoteConfig(self.hostmap)
+        config.connect_servers()
+        return config
+
+    # -- stop ----------------------------------------------------------------------
+    def _terminate(self, grace: float = 5.0) -> None:
+        procs = [w.process for w in self.workers if w.process is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def stop(self) -> None:
+        """Stop every auto-managed worker and remove temporary files (idempotent)."""
+        if self.auto_managed:
+            self._terminate()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        self.workers = []
+        _LIVE.discard(self)
+
+    def _describe(self, workers: Iterable[Worker]) -> str:
+        parts = []
+        for w in workers:
+            state = "running"
+            if w.process is not None and w.process.poll() is not None:
+                state = f"exited with {w.process.returncode}"
+            tail = w.log_tail()
+            parts.append(f"{w.name} ({w.address}, {state})" + (f":\n{tail}" if tail else ""))
+        return "; ".join(parts)
+
+
+def _tcp_open(address: str) -> bool:
+    host, port = split_hostport(address)
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
