@@ -78,6 +78,7 @@ class Worker:
     address: str
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    external: bool = False  # in the hostmap, but started and checked by someone else
 
     def alive(self) -> bool:
         return self.process is None or self.process.poll() is None
@@ -103,6 +104,7 @@ class Cluster:
     """Workers for ``players`` (default: server0-2 and the prediction client)."""
 
     players: tuple[str, ...] = PLAYERS
+    external: tuple[str, ...] = ()  # players in the hostmap that run elsewhere (a client)
     host: str = LOOPBACK
     start_timeout: float = 60.0
     threads: int = 1
@@ -111,15 +113,28 @@ class Cluster:
     _tmp: Path | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def manual(cls, config_file: str | os.PathLike, start_timeout: float = 120.0) -> "Cluster":
+    def manual(cls, config_file: str | os.PathLike, start_timeout: float = 120.0,
+               external: tuple[str, ...] = ()) -> "Cluster":
         """Workers started by hand from ``config_file`` (a hostmap JSON)."""
         hostmap = load_hostmap(str(config_file))
-        return cls(players=tuple(hostmap), start_timeout=start_timeout,
+        return cls(players=tuple(hostmap), external=external, start_timeout=start_timeout,
                    config_file=Path(config_file))
 
     @property
     def auto_managed(self) -> bool:
         return self.config_file is None
+
+    @property
+    def managed(self) -> list[Worker]:
+        """Workers this cluster starts (all but the external players)."""
+        return [w for w in self.workers if not w.external]
+
+    @property
+    def config_path(self) -> Path | None:
+        """The hostmap JSON the workers were started with (share it with a client)."""
+        if self.config_file is not None:
+            return self.config_file
+        return None if self._tmp is None else self._tmp / "hostmap.json"
 
     @property
     def hostmap(self) -> "OrderedDict[str, str]":
@@ -155,11 +170,12 @@ class Cluster:
         self._tmp = Path(tempfile.mkdtemp(prefix="tfe-cluster-"))
         for attempt in range(1, attempts + 1):
             ports = free_ports(self.host, len(self.players))
-            self.workers = [Worker(n, f"{self.host}:{p}") for n, p in zip(self.players, ports)]
+            self.workers = [Worker(n, f"{self.host}:{p}", external=n in self.external)
+                            for n, p in zip(self.players, ports)]
             config = self._tmp / "hostmap.json"
             config.write_text(json.dumps(self.hostmap, indent=2))
             env = dict(os.environ, LD_PRELOAD=str(shim), **{SHIM_ENV: self.host})
-            for w in self.workers:
+            for w in self.managed:
                 w.log_path = self._tmp / f"{w.name}.log"
                 cmd = [sys.executable, "-m", "harness.worker", w.name, "--config", str(config),
                        "--threads", str(self.threads), "--parent-pid", str(os.getpid())]
@@ -178,7 +194,7 @@ class Cluster:
     def _await_ready_lines(self) -> list[str]:
         """Wait for each worker's READY line; returns workers whose port got taken."""
         deadline = time.monotonic() + self.start_timeout
-        waiting = {w.process.stdout.fileno(): w for w in self.workers}
+        waiting = {w.process.stdout.fileno(): w for w in self.managed}
         busy: list[str] = []
         with selectors.DefaultSelector() as sel:
             for fd, w in waiting.items():
@@ -203,7 +219,7 @@ class Cluster:
                             busy.append(w.name)
                         else:
                             raise ClusterError(f"worker failed to start: {self._describe([w])}")
-        for w in self.workers:
+        for w in self.managed:
             if not busy and not grpc_answers(w.address):
                 raise ClusterError(f"worker reported ready but does not answer: "
                                    f"{self._describe([w])}")
@@ -215,15 +231,16 @@ class Cluster:
         return "\n".join(
             f"  on {split_hostport(addr)[0]}:  python -m harness.worker {name} --config {cfg}"
             for name, addr in load_hostmap(str(self.config_file)).items()
+            if name not in self.external
         )
 
     def _await_manual(self) -> None:
         hostmap = load_hostmap(str(self.config_file))
-        self.workers = [Worker(n, a) for n, a in hostmap.items()]
+        self.workers = [Worker(n, a, external=n in self.external) for n, a in hostmap.items()]
         logger.warning("manual cluster: start these workers (waiting up to %.0f s):\n%s",
                        self.start_timeout, self.manual_instructions())
         deadline = time.monotonic() + self.start_timeout
-        missing = list(self.workers)
+        missing = self.managed
         while missing and time.monotonic() < deadline:
             missing = [w for w in missing if not grpc_answers(w.address)]
             if missing:
@@ -242,8 +259,8 @@ class Cluster:
     # -- use -----------------------------------------------------------------------
     def check(self) -> None:
         """Raise ``ClusterError`` naming any worker that is no longer running/answering."""
-        dead = [w for w in self.workers if not w.alive()
-                or (w.process is None and not grpc_answers(w.address))]
+        dead = [w for w in self.workers if not w.external and (
+            not w.alive() or (w.process is None and not grpc_answers(w.address)))]
         if dead:
             raise ClusterError(f"worker(s) down: {self._describe(dead)}")
 
