@@ -275,6 +275,30 @@ class Cluster:
         config.connect_servers()
         return config
 
+    def traffic(self) -> dict[tuple[str, str], int]:
+        """TCP payload bytes sent so far on each live connection, by (sender, receiver);
+        parties are the workers' player names and ``driver`` (this process).
+
+        Read from the kernel's per-socket counters (``ss -tinp``, tcp_info
+        ``bytes_sent``); connections that closed in between are not counted.
+        """
+        owners = {w.process.pid: w.name for w in self.managed
+                  if w.process is not None and w.alive()}
+        owners[os.getpid()] = "driver"
+        sockets = _tcp_sockets()
+        sent: dict[tuple[str, str], int] = {}
+        for local, (pid, peer, nbytes) in sockets.items():
+            peer_pid = sockets.get(peer, (None,))[0]
+            if pid in owners and peer_pid in owners:
+                key = (owners[pid], owners[peer_pid])
+                sent[key] = sent.get(key, 0) + nbytes
+        return sent
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of each running worker, in MiB."""
+        return {w.name: _proc_field(w.process.pid, "status", "VmHWM") / 1024
+                for w in self.managed if w.process is not None and w.alive()}
+
     # -- stop ----------------------------------------------------------------------
     def _terminate(self, grace: float = 5.0) -> None:
         procs = [w.process for w in self.workers if w.process is not None]
@@ -310,6 +334,37 @@ class Cluster:
             tail = w.log_tail()
             parts.append(f"{w.name} ({w.address}, {state})" + (f":\n{tail}" if tail else ""))
         return "; ".join(parts)
+
+
+def _proc_field(pid: int, table: str, key: str) -> int:
+    """An integer field of /proc/PID/{io,status} (kB for status sizes)."""
+    for line in Path(f"/proc/{pid}/{table}").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return int(value.split()[0])
+    raise KeyError(f"{key} not in /proc/{pid}/{table}")
+
+
+def _tcp_sockets() -> dict[str, tuple[int, str, int]]:
+    """Established TCP sockets: local address -> (owner pid, peer address, bytes sent)."""
+    if shutil.which("ss") is None:
+        raise ClusterError("measuring traffic needs `ss` (Debian package iproute2)")
+    out = subprocess.run(["ss", "-tinpHn", "state", "established"], capture_output=True,
+                         text=True, check=True).stdout
+    found: dict[str, tuple[int, str, int]] = {}
+    head: list[str] | None = None
+    for line in out.splitlines():
+        if not line.startswith(("\t", " ")):
+            head = line.split()
+            continue
+        if head is None or len(head) < 5 or "pid=" not in line + " ".join(head):
+            continue
+        pid = int(" ".join(head).split("pid=", 1)[1].split(",", 1)[0])
+        nbytes = next((int(f.split(":", 1)[1]) for f in line.split()
+                       if f.startswith("bytes_sent:")), 0)
+        found[head[2]] = (pid, head[3], nbytes)
+        head = None
+    return found
 
 
 def _tcp_open(address: str) -> bool:

@@ -72,11 +72,9 @@ def timed_batches(images: np.ndarray, batch: int, fn: Callable[[np.ndarray], np.
     return np.concatenate(outs), seconds
 
 
-def _first_batch(x: np.ndarray, batch: int) -> np.ndarray:
-    """A warm-up batch of the right size (zero-padded)."""
-    out = np.zeros((batch,) + x.shape[1:], dtype=np.float32)
-    out[: min(batch, len(x))] = x[:batch]
-    return out
+def fill_batch(images: np.ndarray, batch: int) -> np.ndarray:
+    """Exactly ``batch`` images: the first ones, cycled if there are fewer."""
+    return images[np.arange(batch) % len(images)]
 
 
 def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: int = 200,
@@ -98,7 +96,7 @@ def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: in
         logger.warning("only %d test images available (asked for %d)", len(x), images)
     model = load_model(weights or WEIGHTS_PATH, batch_size=batch)
     plain = plaintext_predictor(model)
-    plain(_first_batch(x, batch))
+    plain(fill_batch(x, batch))
     with ExitStack() as stack:
         config = None
         if deployment == "cluster":
@@ -108,7 +106,7 @@ def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: in
                 cluster = stack.enter_context(Cluster())
             config = cluster.connect()
         private = PrivateModel(model, protocol, config=config)
-        private.predict(_first_batch(x, batch))
+        private.predict(fill_batch(x, batch))
         private_logits, private_s = timed_batches(x, batch, private.predict, progress)
     plain_logits, plain_s = timed_batches(x, batch, plain)
     return Run(protocol, deployment, batch, private.timing.first_call_s, private_logits, plain_logits, y,

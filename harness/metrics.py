@@ -1,6 +1,7 @@
 """Accuracy and latency figures comparing private logits with plaintext ones."""
 from __future__ import annotations
 
+import resource
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -65,3 +66,8 @@ def median_ms(seconds: Iterable[float]) -> float:
     if not values:
         raise ValueError("no timings")
     return float(np.median(values) * 1e3)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,220 @@
+"""Fixtures of the benchmark suite: options, shared models and clusters, result files.
+
+Options (``--protocols``, ``--deployments``, ``--batch-sizes``, ``--images``,
+``--quick``, ``--cluster-config``) are declared in the top-level ``conftest.py``.
+Private models are built once per (protocol, deployment, batch size) and reused by
+every benchmark; clusters once per session. At the end of a run that was not
+interrupted, ``results/runs/<stamp>/`` and ``results/latest/`` receive
+``benchmark.json``, ``summary.json`` and the report.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from harness.cluster import Cluster
+from harness.data import load_mnist
+from harness.private import PrivateModel, plaintext_predictor
+from harness.results import RESULTS_DIR, Recorder, publish, write_json
+from models.conv_mnist import load_model
+
+logger = logging.getLogger("harness.bench")
+
+QUICK_IMAGES = 64
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    protocols: tuple[str, ...]
+    deployments: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    images: int | None
+    quick: bool
+    cluster_config: str | None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "BenchOptions":
+        deployments = tuple(_csv(config.getoption("--deployments")))
+        for d in deployments:
+            if d not in ("inprocess", "cluster", "manual"):
+                raise pytest.UsageError(f"--deployments: unknown deployment {d!r}")
+        cluster_config = config.getoption("--cluster-config")
+        if "manual" in deployments and not cluster_config:
+            raise pytest.UsageError("--deployments manual needs --cluster-config FILE")
+        return cls(
+            protocols=tuple(_csv(config.getoption("--protocols"))),
+            deployments=deployments,
+            batch_sizes=tuple(int(b) for b in _csv(config.getoption("--batch-sizes"))),
+            images=config.getoption("--images"),
+            quick=config.getoption("--quick"),
+            cluster_config=cluster_config,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config._harness_options = BenchOptions.from_config(config)  # type: ignore[attr-defined]
+    config._harness_recorder = Recorder(options=config._harness_options.as_dict())  # type: ignore[attr-defined]
+    staging = Path(tempfile.mkdtemp(prefix="tfe-harness-run-"))
+    config._harness_staging = staging  # type: ignore[attr-defined]
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None and session.json is None:
+        session.json = staging / "benchmark.json"  # pytest-benchmark writes it at the end
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    opts: BenchOptions = metafunc.config._harness_options  # type: ignore[attr-defined]
+    if "protocol" in metafunc.fixturenames:
+        metafunc.parametrize("protocol", opts.protocols, scope="session")
+    if "deployment" in metafunc.fixturenames:
+        metafunc.parametrize("deployment", opts.deployments, scope="session")
+    if "batch" in metafunc.fixturenames:
+        metafunc.parametrize("batch", opts.batch_sizes, scope="session",
+                             ids=[f"batch{b}" for b in opts.batch_sizes])
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[None]:
+    yield  # pytest-benchmark has written benchmark.json into the staging folder by now
+    config = session.config
+    staging: Path = config._harness_staging  # type: ignore[attr-defined]
+    recorder: Recorder = config._harness_recorder  # type: ignore[attr-defined]
+    interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+    try:
+        if interrupted:
+            logger.warning("run interrupted: no result files written")
+        elif not recorder.empty():
+            run_dir = _publish_run(staging, recorder)
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"results: {run_dir} (and results/latest/)")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_run(staging: Path, recorder: Recorder) -> Path:
+    """Complete the run's files in ``staging``, then move them under ``results/``."""
+    from harness.report import write_report  # noqa: PLC0415
+
+    write_json(staging / "summary.json", recorder.summary())
+    write_report(staging)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    copies = []
+    for _ in range(2):  # same filesystem as the targets, so the final renames are atomic
+        copy = Path(tempfile.mkdtemp(prefix=".incoming-", dir=RESULTS_DIR))
+        shutil.copytree(staging, copy, dirs_exist_ok=True)
+        copies.append(copy)
+    run_dir = publish(copies[0], RESULTS_DIR / "runs" / stamp)
+    publish(copies[1], RESULTS_DIR / "latest")
+    return run_dir
+
+
+# -- fixtures --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def options(pytestconfig: pytest.Config) -> BenchOptions:
+    return pytestconfig._harness_options  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def recorder(pytestconfig: pytest.Config) -> Recorder:
+    return pytestconfig._harness_recorder  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def test_split(options: BenchOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Test images and labels: ``--images`` of them, the whole split by default."""
+    split = load_mnist()
+    n = options.images or (QUICK_IMAGES if options.quick else len(split.x_test))
+    return split.x_test[:n], split.y_test[:n]
+
+
+class Clusters:
+    """Session-wide clusters by deployment, started on first use, stopped at the end."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        self.options = options
+        self._clusters: dict[str, Cluster] = {}
+        self._configs: dict[str, Any] = {}
+        self.start_seconds: dict[str, float] = {}
+
+    def config(self, deployment: str) -> Any:
+        if deployment == "inprocess":
+            return None
+        if deployment not in self._configs:
+            import time  # noqa: PLC0415
+
+            cluster = (Cluster.manual(self.options.cluster_config)
+                       if deployment == "manual" else Cluster())
+            t0 = time.perf_counter()
+            cluster.start()
+            self.start_seconds[deployment] = time.perf_counter() - t0
+            self._clusters[deployment] = cluster
+            self._configs[deployment] = cluster.connect()
+        return self._configs[deployment]
+
+    def get(self, deployment: str) -> Cluster | None:
+        return self._clusters.get(deployment)
+
+    def stop(self) -> None:
+        for cluster in self._clusters.values():
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def clusters(options: BenchOptions) -> Iterator[Clusters]:
+    pool = Clusters(options)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+@dataclass
+class Models:
+    """Keras and private models, built once per (protocol, deployment, batch)."""
+
+    clusters: Clusters
+
+    def __post_init__(self) -> None:
+        self._keras: dict[int, Any] = {}
+        self._plain: dict[int, Any] = {}
+        self._private: dict[tuple[str, str, int], PrivateModel] = {}
+
+    def keras(self, batch: int) -> Any:
+        if batch not in self._keras:
+            self._keras[batch] = load_model(batch_size=batch)
+        return self._keras[batch]
+
+    def plaintext(self, batch: int) -> Any:
+        if batch not in self._plain:
+            self._plain[batch] = plaintext_predictor(self.keras(batch))
+        return self._plain[batch]
+
+    def private(self, protocol: str, deployment: str, batch: int) -> PrivateModel:
+        key = (protocol, deployment, batch)
+        if key not in self._private:
+            config = self.clusters.config(deployment)
+            model = PrivateModel(self.keras(batch), protocol, config=config)
+            model.predict(np.zeros((batch, 28, 28, 1), np.float32))  # build + trace
+            self._private[key] = model
+        return self._private[key]
+
+
+@pytest.fixture(scope="session")
+def models(clusters: Clusters) -> Models:
+    return Models(clusters)

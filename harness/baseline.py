@@ -1,0 +1,50 @@
+"""Accuracy regression check against the committed ``results/baseline.json``.
+
+The baseline holds, per protocol, bounds with explicit tolerances::
+
+    {"protocols": {"securenn": {"argmax_agreement": {"min": 1.0, "tolerance": 0.0}, ...}}}
+
+A metric passes when ``value >= min - tolerance`` or ``value <= max + tolerance``.
+Latency is deliberately absent: it is reported and compared, never asserted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.results import RESULTS_DIR, load_json
+
+BASELINE_PATH = RESULTS_DIR / "baseline.json"
+
+
+def load_baseline(path: Path = BASELINE_PATH) -> dict[str, Any]:
+    data = load_json(path)
+    if not isinstance(data, dict) or "protocols" not in data:
+        raise ValueError(f"{path}: expected an object with a 'protocols' key")
+    return data
+
+
+def violations(protocol: str, metrics: dict[str, float],
+               baseline: dict[str, Any]) -> list[str]:
+    """Messages naming each metric outside its bound: metric, baseline, new value."""
+    bounds = baseline["protocols"].get(protocol, {})
+    out = []
+    for metric, bound in bounds.items():
+        if metric not in metrics:
+            continue
+        value, tol = float(metrics[metric]), float(bound.get("tolerance", 0.0))
+        if "min" in bound and value < bound["min"] - tol:
+            out.append(f"{protocol} {metric}: {value:.6g} is below the baseline minimum "
+                       f"{bound['min']:.6g} (tolerance {tol:g})")
+        if "max" in bound and value > bound["max"] + tol:
+            out.append(f"{protocol} {metric}: {value:.6g} is above the baseline maximum "
+                       f"{bound['max']:.6g} (tolerance {tol:g})")
+    return out
+
+
+def check_rows(rows: Iterable[dict[str, Any]], baseline: dict[str, Any]) -> list[str]:
+    """Check accuracy rows of a summary (one per protocol/deployment)."""
+    problems: list[str] = []
+    for row in rows:
+        problems += violations(row["protocol"], row, baseline)
+    return problems

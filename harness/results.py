@@ -1,0 +1,127 @@
+"""Result files of a benchmark run: collected during the session, written at its end.
+
+A run directory holds ``benchmark.json`` (pytest-benchmark's own), ``summary.json``
+(accuracy, communication, memory, environment) and the human report. Files are
+written into a temporary sibling directory and renamed into place only when the
+session finished, so an interrupted run leaves no half-written results.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = 1
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=False, cwd=RESULTS_DIR.parent, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    """Versions, CPU and date of this run."""
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "git_commit": _git_commit(),
+        "packages": {d: _version(d) for d in
+                     ("tensorflow", "tf-keras", "tf-encrypted", "numpy", "pytest-benchmark")},
+    }
+
+
+@dataclass
+class Recorder:
+    """Rows gathered by the benchmark session (one list per table of the summary)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    communication: list[dict[str, Any]] = field(default_factory=list)
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    cluster: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "environment": environment(),
+            "options": self.options,
+            "accuracy": self.accuracy,
+            "latency": self.latency,
+            "communication": self.communication,
+            "memory": self.memory,
+            "cluster": self.cluster,
+        }
+
+    def empty(self) -> bool:
+        return not any((self.accuracy, self.latency, self.communication, self.memory,
+                        self.cluster))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def publish(staging: Path, final: Path) -> Path:
+    """Move a finished staging directory to ``final`` (replacing an older one)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
