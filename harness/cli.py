@@ -27,6 +27,60 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import write_report  # noqa: PLC0415
+
+    md = write_report(args.run_dir)
+    print(md)
+    print(md.with_name("report.png"))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from harness.report import compare  # noqa: PLC0415
+
+    print(compare(args.run_a, args.run_b, args.baseline), end="")
+    return 0
+
+
+def _check_baseline(args: argparse.Namespace) -> int:
+    from harness.report import check  # noqa: PLC0415
+
+    problems = check(args.run_dir, args.baseline)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print("ok")
+    return 0
+
+
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from harness.baseline import BASELINE_PATH  # noqa: PLC0415
+    from harness.results import RESULTS_DIR  # noqa: PLC0415
+
+    latest = RESULTS_DIR / "latest"
+    p = sub.add_parser("report", help="(re)write report.md/report.png of a saved run")
+    p.add_argument("run_dir", nargs="?", type=Path, default=latest, metavar="RUN_DIR",
+                   help="run directory with summary.json (default: results/latest)")
+    p.set_defaults(func=_report)
+    p = sub.add_parser("compare", help="compare two saved runs (latency and accuracy)")
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="the earlier run directory")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the later run directory")
+    p.add_argument("--baseline", type=Path, default=BASELINE_PATH, metavar="FILE",
+                   help="flag values outside these bounds (default: results/baseline.json)")
+    p.set_defaults(func=_compare)
+    p = sub.add_parser("check-baseline",
+                       help="exit 1 if a run's accuracy is outside the baseline bounds")
+    p.add_argument("run_dir", nargs="?", type=Path, default=latest, metavar="RUN_DIR",
+                   help="run directory with summary.json (default: results/latest)")
+    p.add_argument("--baseline", type=Path, default=BASELINE_PATH, metavar="FILE",
+                   help="baseline bounds (default: results/baseline.json)")
+    p.set_defaults(func=_check_baseline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -40,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="Keras HDF5 weights (default: the committed ones)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_predict)
+    _add_report_commands(sub)
     return parser
 
 
