@@ -6,6 +6,8 @@ TF ?= 2.21
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-tf$(TF)
 PYTEST_ARGS ?=
+# pytest itself drives clusters: its TensorFlow server is pinned to loopback (harness.bind)
+PYTEST := $(PY) -m harness.bind 127.0.0.1 -- $(PY) -m pytest
 
 .PHONY: help install ops test bench report clean
 
@@ -25,10 +27,10 @@ ops: $(STAMP)
 	$(PY) -m harness.ops.build
 
 test: ops
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PYTEST) tests $(PYTEST_ARGS)
 
 bench: ops
-	$(PY) -m pytest bench $(PYTEST_ARGS)
+	$(PYTEST) bench $(PYTEST_ARGS)
 
 report: $(STAMP)
 	$(PY) -m harness report

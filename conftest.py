@@ -59,3 +59,17 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 f"--protocols: unknown protocol {proto!r}; choose from {', '.join(protocol_names())}"
             )
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A session-wide auto-managed cluster (3 servers + client worker), stopped at the end.
+
+    Connecting to it (``cluster.connect()``) switches this process's TensorFlow
+    context to the cluster; tests that need an in-process context afterwards
+    should drive the cluster from a subprocess instead.
+    """
+    from harness.cluster import Cluster
+
+    with Cluster() as running:
+        yield running

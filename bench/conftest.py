@@ -71,9 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config._harness_recorder = Recorder(options=config._harness_options.as_dict())  # type: ignore[attr-defined]
     staging = Path(tempfile.mkdtemp(prefix="tfe-harness-run-"))
     config._harness_staging = staging  # type: ignore[attr-defined]
-    session = getattr(config, "_benchmarksession", None)
-    if session is not None and session.json is None:
-        session.json = staging / "benchmark.json"  # pytest-benchmark writes it at the end
+    if config.getoption("benchmark_json", None) is None:  # read by pytest-benchmark later
+        config.option.benchmark_json = staging / "benchmark.json"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -149,13 +148,13 @@ class Clusters:
     def __init__(self, options: BenchOptions) -> None:
         self.options = options
         self._clusters: dict[str, Cluster] = {}
-        self._configs: dict[str, Any] = {}
         self.start_seconds: dict[str, float] = {}
 
-    def config(self, deployment: str) -> Any:
+    def cluster(self, deployment: str) -> Cluster | None:
+        """The started, connected cluster of a deployment (None for in-process)."""
         if deployment == "inprocess":
             return None
-        if deployment not in self._configs:
+        if deployment not in self._clusters:
             import time  # noqa: PLC0415
 
             cluster = (Cluster.manual(self.options.cluster_config)
@@ -164,11 +163,8 @@ class Clusters:
             cluster.start()
             self.start_seconds[deployment] = time.perf_counter() - t0
             self._clusters[deployment] = cluster
-            self._configs[deployment] = cluster.connect()
-        return self._configs[deployment]
-
-    def get(self, deployment: str) -> Cluster | None:
-        return self._clusters.get(deployment)
+            cluster.connect()
+        return self._clusters[deployment]
 
     def stop(self) -> None:
         for cluster in self._clusters.values():
@@ -208,8 +204,8 @@ class Models:
     def private(self, protocol: str, deployment: str, batch: int) -> PrivateModel:
         key = (protocol, deployment, batch)
         if key not in self._private:
-            config = self.clusters.config(deployment)
-            model = PrivateModel(self.keras(batch), protocol, config=config)
+            model = PrivateModel(self.keras(batch), protocol,
+                                 cluster=self.clusters.cluster(deployment))
             model.predict(np.zeros((batch, 28, 28, 1), np.float32))  # build + trace
             self._private[key] = model
         return self._private[key]

@@ -7,6 +7,10 @@ import logging
 import sys
 from typing import Sequence
 
+from harness import bind
+from harness.cluster import LOOPBACK, ClusterError, driver_host_for
+from harness.worker import load_hostmap
+from harness.ops import OpsUnavailableError
 from harness.private import InputError, protocol_names
 
 logger = logging.getLogger("harness")
@@ -16,7 +20,7 @@ def _predict(args: argparse.Namespace) -> int:
     from harness.evaluate import run
 
     summary = run(args.protocol, args.deployment, args.batch, args.images,
-                  weights=args.weights).summary()
+                  weights=args.weights, cluster_config=args.cluster_config).summary()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -92,14 +96,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--weights", default=None, help="Keras HDF5 weights (default: the committed ones)")
+    p.add_argument("--cluster-config", default=None, metavar="FILE",
+                   help="with --deployment cluster: hostmap of hand-started workers "
+                        "(default: start an auto-managed cluster on loopback)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_predict)
     _add_report_commands(sub)
     return parser
 
 
+def _driver_bind(args: argparse.Namespace) -> str | None:
+    """The address a cluster-driving command's own TensorFlow server must listen on."""
+    if getattr(args, "deployment", None) != "cluster":
+        return None
+    if getattr(args, "cluster_config", None):
+        return driver_host_for(load_hostmap(args.cluster_config).values())
+    return LOOPBACK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    try:
+        host = _driver_bind(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if host is not None:
+        bind.reexec(host, ["-m", "harness", *argv])  # returns only when already under the shim
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -107,3 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (ClusterError, OpsUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3

@@ -27,12 +27,15 @@ import tempfile
 import time
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+from harness import bind
 from harness.private import PLAYERS
-from harness.worker import EXIT_PORT_BUSY, READY, SHIM_ENV, load_hostmap, split_hostport
+from harness.worker import (EXIT_PORT_BUSY, READY, listening_addresses, load_hostmap,
+                            split_hostport)
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class Cluster:
     config_file: Path | None = None  # manual mode when set
     workers: list[Worker] = field(default_factory=list, init=False)
     _tmp: Path | None = field(default=None, init=False, repr=False)
+    _config: Any = field(default=None, init=False, repr=False)
 
     @classmethod
     def manual(cls, config_file: str | os.PathLike, start_timeout: float = 120.0,
@@ -164,9 +168,7 @@ class Cluster:
         return self
 
     def _start_auto(self, attempts: int = 3) -> None:
-        from harness.ops.bind_shim import build_bind_shim  # noqa: PLC0415
-
-        shim = build_bind_shim()
+        env = bind.shim_env(self.host)
         self._tmp = Path(tempfile.mkdtemp(prefix="tfe-cluster-"))
         for attempt in range(1, attempts + 1):
             ports = free_ports(self.host, len(self.players))
@@ -174,7 +176,6 @@ class Cluster:
                             for n, p in zip(self.players, ports)]
             config = self._tmp / "hostmap.json"
             config.write_text(json.dumps(self.hostmap, indent=2))
-            env = dict(os.environ, LD_PRELOAD=str(shim), **{SHIM_ENV: self.host})
             for w in self.managed:
                 w.log_path = self._tmp / f"{w.name}.log"
                 cmd = [sys.executable, "-m", "harness.worker", w.name, "--config", str(config),
@@ -264,16 +265,56 @@ class Cluster:
         if dead:
             raise ClusterError(f"worker(s) down: {self._describe(dead)}")
 
-    def connect(self) -> Any:
-        """Connect this (driver) process to the workers; returns the tf-encrypted config."""
+    def driver_host(self) -> str:
+        """The address this driver serves tensors to the workers on."""
+        return driver_host_for(self.hostmap.values())
+
+    def connect(self, expose_driver: bool = False) -> Any:
+        """Connect this (driver) process to the workers (once); returns the tf-encrypted config.
+
+        The driver runs a TensorFlow server of its own (job ``localhost``) that the
+        workers fetch inputs from. It must run under the bind() shim for
+        ``driver_host()`` (``python -m harness ...`` and the Makefile arrange that;
+        otherwise ``python -m harness.bind ADDR -- python ...``), or TensorFlow would
+        listen on every interface; ``expose_driver=True`` accepts that knowingly.
+        """
+        if self._config is not None:
+            return self._config
+        import tensorflow as tf  # noqa: PLC0415
         import tf_encrypted as tfe  # noqa: PLC0415
 
         if not self.workers:
             self.start()
         self.check()
-        config = tfe.RemoteConfig(self.hostmap)
-        config.connect_servers()
-        return config
+        host = self.driver_host()
+        if not (expose_driver or bind.active(host)):
+            raise ClusterError(
+                f"this driver would listen for TensorFlow RPCs on every interface; run it "
+                f"with `python -m harness.bind {host} -- python ...` (the harness's own "
+                f"commands do), or pass expose_driver=True to accept that"
+            )
+        port = free_ports(host, 1)[0]
+        spec = tf.train.ClusterSpec({"tfe": list(self.hostmap.values()),
+                                     "localhost": [f"{host}:{port}"]})
+        tf.config.experimental_connect_to_cluster(spec, job_name="localhost", task_index=0)
+        if not expose_driver and listening_addresses(port) - {host}:
+            raise ClusterError(f"driver listens on {sorted(listening_addresses(port))}, "
+                               f"expected only {host}")
+        self._config = tfe.RemoteConfig(self.hostmap)
+        return self._config
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn TensorFlow's network errors during a call into a ``ClusterError`` that
+        names the worker(s) that died."""
+        import tensorflow as tf  # noqa: PLC0415
+
+        try:
+            yield
+        except (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError) as exc:
+            self.check()
+            raise ClusterError(f"a cluster call failed while all workers run: {exc}") from exc
 
     def traffic(self) -> dict[tuple[str, str], int]:
         """TCP payload bytes sent so far on each live connection, by (sender, receiver);
@@ -323,6 +364,7 @@ class Cluster:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
         self.workers = []
+        self._config = None
         _LIVE.discard(self)
 
     def _describe(self, workers: Iterable[Worker]) -> str:
@@ -334,6 +376,17 @@ class Cluster:
             tail = w.log_tail()
             parts.append(f"{w.name} ({w.address}, {state})" + (f":\n{tail}" if tail else ""))
         return "; ".join(parts)
+
+
+def driver_host_for(addresses: Iterable[str]) -> str:
+    """Loopback for workers on this machine, else the local address the kernel routes
+    towards the first worker (a UDP ``connect`` sends nothing)."""
+    hosts = [split_hostport(a)[0] for a in addresses]
+    if not hosts or set(hosts) <= {LOOPBACK, "localhost"}:
+        return LOOPBACK
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((hosts[0], 9))
+        return probe.getsockname()[0]
 
 
 def _proc_field(pid: int, table: str, key: str) -> int:

@@ -7,7 +7,7 @@ until SIGTERM/SIGINT, or until its parent disappears when started with
 
 TensorFlow's gRPC server always listens on all interfaces and runs any graph
 it is sent. The worker therefore runs under our ``bind()`` shim (LD_PRELOAD,
-``harness.ops.bind_shim``) that pins the listening socket to ``--bind``
+``harness.bind``) that pins the listening socket to ``--bind``
 (default: this player's own host from the hostmap), and checks the kernel's
 socket table before it reports ``READY``: it refuses to serve on a wildcard
 address unless ``--bind 0.0.0.0`` was asked for explicitly.
@@ -28,11 +28,12 @@ from typing import Sequence
 
 logger = logging.getLogger("harness.worker")
 
+from harness.bind import active, reexec
+
 READY = "HARNESS-WORKER-READY"
 EXIT_BAD_CONFIG = 2
 EXIT_PORT_BUSY = 3
 EXIT_UNSAFE_BIND = 4
-SHIM_ENV = "HARNESS_BIND_ADDR"
 
 
 def load_hostmap(path: str) -> "OrderedDict[str, str]":
@@ -116,7 +117,7 @@ def serve(name: str, hostmap: "OrderedDict[str, str]", bind: str, threads: int,
         logger.error("port %d on %s is busy: stop what holds it or pick another port "
                      "in the config", port, bind)
         return EXIT_PORT_BUSY
-    if os.environ.get(SHIM_ENV) != bind and bind != "0.0.0.0":
+    if bind != "0.0.0.0" and not active(bind):
         logger.error("the bind() shim is not active (LD_PRELOAD); start workers with "
                      "harness.cluster or `python -m harness.worker`, which sets it up")
         return EXIT_UNSAFE_BIND
@@ -153,16 +154,6 @@ def serve(name: str, hostmap: "OrderedDict[str, str]", bind: str, threads: int,
     os._exit(0)  # TensorFlow servers cannot be stopped cleanly; leave at once
 
 
-def shim_command(argv: Sequence[str], bind: str) -> tuple[list[str], dict[str, str]]:
-    """Command and environment that run the worker under the bind() shim."""
-    from harness.ops.bind_shim import build_bind_shim  # noqa: PLC0415
-
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = str(build_bind_shim())
-    env[SHIM_ENV] = bind
-    return [sys.executable, "-m", "harness.worker", *argv], env
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,9 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         logger.error("%s", exc)
         return EXIT_BAD_CONFIG
-    if os.environ.get(SHIM_ENV) != bind and bind != "0.0.0.0":
-        cmd, env = shim_command(argv, bind)
-        os.execve(sys.executable, cmd, env)  # re-run ourselves under the shim
+    if bind != "0.0.0.0":
+        reexec(bind, ["-m", "harness.worker", *argv])  # returns only if already under the shim
     return serve(args.name, hostmap, bind, args.threads, args.parent_pid)
 
 
