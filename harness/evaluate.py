@@ -78,12 +78,12 @@ def fill_batch(images: np.ndarray, batch: int) -> np.ndarray:
 
 
 def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: int = 200,
-        weights: str | None = None, cluster: Any = None,
+        weights: str | None = None, cluster: Any = None, cluster_config: str | None = None,
         progress: Callable[[int], None] | None = None) -> Run:
     """Share the seed model under ``protocol`` and predict ``images`` test digits privately.
 
-    ``deployment="cluster"`` needs a started ``harness.cluster.Cluster`` (or one is
-    started and stopped here when ``cluster`` is None).
+    ``deployment="cluster"`` uses ``cluster`` if given, else the hand-started workers of
+    ``cluster_config`` (manual mode), else an auto-managed cluster started and stopped here.
     """
     protocol = check_protocol(protocol)
     if deployment not in DEPLOYMENTS:
@@ -98,14 +98,13 @@ def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: in
     plain = plaintext_predictor(model)
     plain(fill_batch(x, batch))
     with ExitStack() as stack:
-        config = None
-        if deployment == "cluster":
+        if deployment == "cluster" and cluster is None:
             from harness.cluster import Cluster  # noqa: PLC0415  (only this path needs it)
 
-            if cluster is None:
-                cluster = stack.enter_context(Cluster())
-            config = cluster.connect()
-        private = PrivateModel(model, protocol, config=config)
+            cluster = stack.enter_context(Cluster.manual(cluster_config) if cluster_config
+                                          else Cluster())
+        private = PrivateModel(model, protocol,
+                               cluster=cluster if deployment == "cluster" else None)
         private.predict(fill_batch(x, batch))
         private_logits, private_s = timed_batches(x, batch, private.predict, progress)
     plain_logits, plain_s = timed_batches(x, batch, plain)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -157,11 +158,13 @@ class PrivateModel:
     """A Keras Sequential model secret-shared under one protocol, compiled once."""
 
     def __init__(self, model: tf.keras.Model, protocol: str = "securenn",
-                 config: tfe.config.Config | None = None) -> None:
+                 cluster: Any = None) -> None:
+        """``cluster``: a started ``harness.cluster.Cluster`` (None: all players in-process)."""
         self.protocol_name = check_protocol(protocol)
         check_model(model, self.protocol_name)
         self.batch_size = int(model.layers[0].input_shape[0])
-        self.config = config or tfe.LocalConfig(list(PLAYERS))
+        self.cluster = cluster
+        self.config = cluster.connect() if cluster is not None else tfe.LocalConfig(list(PLAYERS))
         tfe.set_config(self.config)
         self.protocol = PROTOCOLS[self.protocol_name]()
         tfe.set_protocol(self.protocol)
@@ -198,8 +201,8 @@ class PrivateModel:
             tfe.set_config(self.config)
             tfe.set_protocol(self.protocol)
         start = time.perf_counter()
-        out = self._step(tf.constant(arr))
-        result = np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+        with self.cluster.guard() if self.cluster is not None else nullcontext():
+            result = self._step(tf.constant(arr)).numpy()
         if first:
             self.timing.first_call_s = time.perf_counter() - start
             logger.info("%s: first call (build + trace) %.2f s",
