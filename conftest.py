@@ -27,9 +27,6 @@ settings.register_profile(
 )
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-DEFAULT_BATCH_SIZES = (1, 32)
-
-
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -42,8 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="comma-separated: inprocess, cluster, manual (default: %(default)s)")
     group.addoption("--cluster-config", default=None, metavar="FILE",
                     help="hostmap JSON of hand-started workers, for --deployments manual")
-    group.addoption("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
-                    help="comma-separated batch sizes (default: %(default)s)")
+    group.addoption("--batch-sizes", default=None,
+                    help="comma-separated batch sizes (default: 1,32; 1 with --quick)")
     group.addoption("--images", type=int, default=None,
                     help="test images for accuracy (default: the whole test split)")
     group.addoption("--quick", action="store_true",

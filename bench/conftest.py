@@ -53,12 +53,15 @@ class BenchOptions:
         cluster_config = config.getoption("--cluster-config")
         if "manual" in deployments and not cluster_config:
             raise pytest.UsageError("--deployments manual needs --cluster-config FILE")
+        quick = config.getoption("--quick")
+        sizes = config.getoption("--batch-sizes") or ("1" if quick else "1,32")
+        batch_sizes = tuple(int(b) for b in _csv(sizes))
         return cls(
             protocols=tuple(_csv(config.getoption("--protocols"))),
             deployments=deployments,
-            batch_sizes=tuple(int(b) for b in _csv(config.getoption("--batch-sizes"))),
+            batch_sizes=batch_sizes,
             images=config.getoption("--images"),
-            quick=config.getoption("--quick"),
+            quick=quick,
             cluster_config=cluster_config,
         )
 
