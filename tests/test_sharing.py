@@ -546,20 +546,17 @@ def _compiled_product_shares(subject):
     return product
 
 
-def test_compiled_product_shares_are_fresh(subject, request):
+def test_compiled_product_shares_are_fresh(subject):
     """The same product computed by two runs of one compiled graph must be shared with
     fresh randomness; otherwise a server can link or subtract results across runs.
 
-    ABY3 fails: its pairwise-randomness nonces are numpy counters advanced in Python
-    (``ABY3._update_pairwise_nonces``), i.e. once at trace time, so every run of a
-    ``tf.function``/``tfe.function`` reuses the same zero-sharing and truncation masks
-    (``_gen_zero_sharing``, ``_truncate_msb0_secureq8_private``). Then server0's second
-    share of a product is z - y0 - y2 with y0, y2 fixed: server0 alone learns the exact
-    difference of two private products (checked below)."""
-    if subject.name == "aby3":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "tf-encrypted 0.9.1 ABY3 reuses pairwise randomness across runs of a compiled "
-            "function (nonces advanced at trace time)")))
+    Upstream ABY3 fails this: its pairwise-randomness nonces are numpy counters advanced
+    in Python (``ABY3._update_pairwise_nonces``), i.e. once at trace time, and its keys are
+    drawn once, eagerly, so every run of a ``tf.function``/``tfe.function`` reused the same
+    zero-sharing and truncation masks (``_gen_zero_sharing``,
+    ``_truncate_msb0_secureq8_private``). Then server0's second share of a product is
+    z - y0 - y2 with y0, y2 fixed: server0 alone learns the exact difference of two
+    private products (checked below). ``harness.compat`` draws fresh keys in every graph."""
     subject.activate()
     run = _compiled_product_shares(subject)
     a1, b1 = np.array([1.0, 2.0, -3.0, 0.5]), np.array([2.0, 2.0, 1.5, 4.0])

@@ -14,6 +14,12 @@ imported. Each fix is named after its row in ``TFE-FACTS.md``:
    is selected before TensorFlow is imported.
 8. ``tf.random_uniform`` in the odd-tensor fallback is unreachable once our
    secure ops are always present.
+
+Beyond the table: ABY3 sets up its pairwise PRF keys once, eagerly, and advances
+its nonces in Python, i.e. once per trace. Every run of a compiled function then
+reused the same zero-sharing and truncation masks, so one server could subtract
+private results of different runs. We make ABY3 draw fresh keys (``secure_seed``,
+a stateful op) inside every graph that uses them, so each run gets new masks.
 """
 from __future__ import annotations
 
@@ -125,6 +131,28 @@ def _avgpool2d_reshape_reduce(x: Any, pool_size: tuple[int, int], *args: Any) ->
     return x.reshape([n, c, h // ph, ph, w // pw, pw]).reduce_sum(axis=3).reduce_sum(axis=4)
 
 
+_ABY3_KEY_ACCESSORS = ("pairwise_keys", "pairwise_nonces", "b2a_keys_1", "b2a_keys_2",
+                       "b2a_nonce")
+
+
+def _keys_per_graph(accessor: Any) -> Any:
+    """ABY3 key accessor that (re)initialises the keys in each graph being built, so the
+    seeds are ops of that graph, drawn afresh on every run; eager code keeps eager keys
+    (their nonces do advance per op)."""
+
+    def access(self: Any) -> Any:
+        import tensorflow as tf  # noqa: PLC0415
+
+        if self.keys_initialized:
+            where = "eager" if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+            if getattr(self, "_harness_keys_made_in", "eager") is not where:
+                self.initialize_keys()
+                self._harness_keys_made_in = where
+        return accessor(self)
+
+    return access
+
+
 def _patch_imported(tfe: ModuleType) -> None:
     from tf_encrypted.operations.dataset import write_record
     from tf_encrypted.operations.tf_i128 import tf_i128
@@ -132,6 +160,8 @@ def _patch_imported(tfe: ModuleType) -> None:
     from tf_encrypted.protocol.pond import pond
 
     aby3._build_while_op = _build_while_op_without_stateful_parallelism(aby3._build_while_op)
+    for name in _ABY3_KEY_ACCESSORS:
+        setattr(aby3.ABY3, name, _keys_per_graph(getattr(aby3.ABY3, name)))
     pond._avgpool2d_reshape_reduce = _avgpool2d_reshape_reduce
     tf_i128.tf_i128 = _Unavailable("tf-encrypted's int128 ring (tf_i128)")
     write_record.dataset_module = _Unavailable("tf-encrypted's TFRecord dataset op")
