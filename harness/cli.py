@@ -59,6 +59,66 @@ def _check_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from harness.serving import ServingError, run_serve  # noqa: PLC0415
+
+    try:
+        served = run_serve(args.protocol, args.num_requests, config=args.config,
+                           weights=args.weights, hostmap_out=args.hostmap_out,
+                           idle_timeout=args.idle_timeout, request_timeout=args.request_timeout)
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0 if args.num_requests is None or served >= args.num_requests else 1
+
+
+def _client(args: argparse.Namespace) -> int:
+    from harness.client import run_client  # noqa: PLC0415
+    from harness.serving import ServingError  # noqa: PLC0415
+
+    try:
+        return run_client(args.config, args.image or [], repeat=args.repeat, as_json=args.json,
+                          timeout=args.timeout, wait=args.wait, stdin=args.stdin)
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="share the model on a cluster and serve private "
+                                     "predictions to a separate client")
+    p.add_argument("--protocol", default="securenn", help=f"one of {', '.join(protocol_names())}")
+    p.add_argument("--num-requests", type=int, default=None, metavar="N",
+                   help="serve N requests, then stop (default: until Ctrl-C/SIGTERM)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="hostmap of hand-started workers server0-2 with a prediction-client "
+                        "slot (default: start server0-2 on loopback)")
+    p.add_argument("--weights", default=None, help="Keras HDF5 weights (default: the committed ones)")
+    p.add_argument("--hostmap-out", default=None, metavar="PATH",
+                   help="write the hostmap the client needs here (atomically, once serving)")
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                   help="stop after S seconds without a request (default: wait for ever)")
+    p.add_argument("--request-timeout", type=float, default=10.0, metavar="S",
+                   help="give up on a client that does not collect its result within S s")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("client", help="request private predictions from a served model")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="the hostmap written by `serve --hostmap-out`")
+    p.add_argument("--image", action="append", metavar="PATH_OR_INDEX",
+                   help="a test-split index or a .npy image (28x28 floats in [0, 1]); "
+                        "repeatable")
+    p.add_argument("--repeat", type=int, default=1, metavar="K", help="send each image K times")
+    p.add_argument("--stdin", action="store_true",
+                   help="read one image per line from stdin, answer one JSON line each")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="give up on a request after S seconds")
+    p.add_argument("--wait", type=float, default=30.0, metavar="S",
+                   help="wait up to S seconds for the servers and the served model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_client)
+
+
 def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     from pathlib import Path  # noqa: PLC0415
 
@@ -102,11 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_predict)
     _add_report_commands(sub)
+    _add_serving_commands(sub)
     return parser
 
 
 def _driver_bind(args: argparse.Namespace) -> str | None:
     """The address a cluster-driving command's own TensorFlow server must listen on."""
+    if args.command == "serve":
+        from harness.serving import serve_bind_host  # noqa: PLC0415
+
+        return serve_bind_host(args.config)
+    if args.command == "client":
+        from harness.client import client_bind_host  # noqa: PLC0415
+
+        return client_bind_host(args.config)
     if getattr(args, "deployment", None) != "cluster":
         return None
     if getattr(args, "cluster_config", None):

@@ -294,8 +294,10 @@ class Cluster:
                 f"commands do), or pass expose_driver=True to accept that"
             )
         port = free_ports(host, 1)[0]
-        spec = tf.train.ClusterSpec({"tfe": list(self.hostmap.values()),
-                                     "localhost": [f"{host}:{port}"]})
+        # External players (a client) are left out: TensorFlow contacts every task it is
+        # given and waits for ever for one that is not up. Tasks keep their hostmap index.
+        tasks = {i: w.address for i, w in enumerate(self.workers) if not w.external}
+        spec = tf.train.ClusterSpec({"tfe": tasks, "localhost": [f"{host}:{port}"]})
         tf.config.experimental_connect_to_cluster(spec, job_name="localhost", task_index=0)
         if not expose_driver and listening_addresses(port) - {host}:
             raise ClusterError(f"driver listens on {sorted(listening_addresses(port))}, "
