@@ -221,8 +221,9 @@ def test_client_refuses_malformed_images_before_sharing(image: np.ndarray, messa
 
 
 # -- who can read what ---------------------------------------------------------------------
-def test_who_sees_what() -> None:
-    done = subprocess.run([PY, __file__, "placement", "securenn"], capture_output=True,
+@pytest.mark.parametrize("protocol", ["securenn", "aby3"])
+def test_who_sees_what(protocol: str) -> None:
+    done = subprocess.run([PY, __file__, "placement", protocol], capture_output=True,
                           text=True, env=_env(), cwd=REPO, timeout=600)
     assert done.returncode == 0, _clean(done.stderr)[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -252,7 +253,8 @@ def test_who_sees_what() -> None:
         assert re.match(r"(rid$|Func/while|.*/edge_cases/share/)", e["tensor"]), e  # constant
     # the client's receive: one (id, masked output share) per output server, nothing out
     got = edges("receive", dst=client)
-    assert sorted(e["from"] for e in got) == ["server0", "server0", "server1", "server1"]
+    outputs = ["server0", "server1"] + (["server2"] if protocol == "aby3" else [])
+    assert sorted(e["from"] for e in got) == sorted(outputs * 2)
     assert all(e["dtype"] == "int64" for e in got)
     assert not edges("receive", src=client)
     # values: a server's input share is uniform noise; the shares do reconstruct the image
@@ -353,21 +355,25 @@ def _placement_main(protocol_name: str) -> dict[str, Any]:
     # TensorFlow reports partitioned graphs when a function is first run: record then.
     with tf.device(me):
         _, report["transfers"]["send"] = traced(send, tf.constant(x), tf.constant(1, tf.int64))
+    by_index: dict[int, np.ndarray] = {}  # additive share index -> value, as servers hold them
+    views = {}
+    for i in wire.layout.input_servers:
+        with tf.device(devices[i]):
+            got = q.queue_dequeue_v2(handles["in", i], [tf.int64] * len(wire.input_queue(i)[1]))
+        views[i] = [ring(t.numpy()) for t in got[1:1 + len(wire.layout.held[i])]]
+        for index, value in zip(wire.layout.held[i], views[i]):
+            by_index.setdefault(index, value)
     with tf.device(devices[0]):
-        got0 = q.queue_dequeue_v2(handles["in", 0], [tf.int64] * 3)
         q.queue_dequeue_v2(handles["commit"], [tf.int64])
-    with tf.device(devices[1]):
-        got1 = q.queue_dequeue_v2(handles["in", 1], [tf.int64] * 3)
-    encoded = ring(np.round(x.astype(np.float64) * protocol.fixedpoint_config.scaling_factor))
-    s0, s1 = ring(got0[1].numpy()), ring(got1[1].numpy())
-    if protocol_name != "aby3":
-        with np.errstate(over="ignore"):
-            rebuilt = s0 + s1
-        report["input_shares"] = {
-            "reconstructs_encoded_image": bool(np.all(np.abs(rebuilt - encoded) <= 1)),
-            "server0_fraction_below_2^60": float(np.mean(np.abs(s0) < 2**60)),
-            "encoded_fraction_below_2^60": float(np.mean(np.abs(encoded) < 2**60)),
-        }
+    encoded = ring(x.astype(np.float64) * protocol.fixedpoint_config.scaling_factor)
+    with np.errstate(over="ignore"):
+        rebuilt = np.sum([by_index[k] for k in range(wire.layout.n_shares)], axis=0,
+                         dtype=np.int64)
+    report["input_shares"] = {
+        "reconstructs_encoded_image": bool(np.all(np.abs(rebuilt - encoded) <= 1)),
+        "server0_fraction_below_2^60": float(np.mean(np.abs(np.stack(views[0])) < 2**60)),
+        "encoded_fraction_below_2^60": float(np.mean(np.abs(encoded) < 2**60)),
+    }
     # request 2: the whole round trip, with the transfers of each function recorded
     with tf.device(me):
         mask_sum = send(tf.constant(x), tf.constant(2, tf.int64))
