@@ -66,7 +66,10 @@ def resolve_ipv4(host: str) -> str:
 
 
 def port_is_free(addr: str, port: int) -> bool:
+    """True unless a socket is bound to the port (TIME_WAIT leftovers do not count,
+    as for gRPC's own SO_REUSEADDR listener)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((addr, port))
         except OSError:
