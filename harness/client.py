@@ -36,6 +36,7 @@ from harness.serving import (
     Poller,
     ServingError,
     Wire,
+    open_queues,
     private_to_raw,
     queue_handle,
     read_descriptor,
@@ -233,16 +234,8 @@ class PredictionClient:
             time.sleep(0.2)
 
     def _handles(self) -> None:
-        w, lay = self.wire, self.wire.layout
-        self._in, self._out = {}, {}
-        for i in lay.input_servers:
-            with tf.device(self.devices[i]):
-                self._in[i] = queue_handle(w.input_queue(i), w.capacity)
-        for i in lay.output_servers:
-            with tf.device(self.devices[i]):
-                self._out[i] = queue_handle(w.output_queue(i), w.capacity)
-        with tf.device(self.devices[0]):
-            self._commit = queue_handle(w.commit_queue(), w.capacity)
+        queues = open_queues(self.wire, self.devices)
+        self._in, self._out, self._commit = queues.inputs, queues.outputs, queues.commit
 
     def _make_functions(self) -> tuple[Any, Any]:
         return build_functions(self.protocol, self.wire, self.devices, self.device)
@@ -270,7 +263,7 @@ class PredictionClient:
         """Validate, secret-share and send one request; returns what ``receive`` needs."""
         arr = self.prepare(image)
         tfe.set_protocol(self.protocol)
-        lay, cap = self.wire.layout, self.wire.capacity
+        cap = self.wire.capacity
         if any(self._size(i, h) >= cap for i, h in self._in.items()) or \
                 self._size(0, self._commit) >= cap:
             raise ServingError("the servers' request queues are full; try again later")

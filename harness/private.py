@@ -147,6 +147,18 @@ def check_images(images: Any, batch_size: int, fp: FixedPoint) -> np.ndarray:
     return arr
 
 
+def activate(config: Any, protocol: str, model: tf.keras.Model) -> tuple[Any, FixedPoint]:
+    """Make ``protocol`` tf-encrypted's current one on ``config`` and check that the
+    model's weights fit its fixed-point range; returns the protocol and its encoding."""
+    tfe.set_config(config)  # resets the protocol: config first
+    instance = PROTOCOLS[protocol]()
+    tfe.set_protocol(instance)
+    fixed_point = FixedPoint.of(instance)
+    for w in model.get_weights():
+        check_values("Model weights", w, fixed_point)
+    return instance, fixed_point
+
+
 @dataclass
 class Timing:
     """Wall-clock seconds of the first (build + trace) call."""
@@ -165,12 +177,7 @@ class PrivateModel:
         self.batch_size = int(model.layers[0].input_shape[0])
         self.cluster = cluster
         self.config = cluster.connect() if cluster is not None else tfe.LocalConfig(list(PLAYERS))
-        tfe.set_config(self.config)
-        self.protocol = PROTOCOLS[self.protocol_name]()
-        tfe.set_protocol(self.protocol)
-        self.fixed_point = FixedPoint.of(self.protocol)
-        for w in model.get_weights():
-            check_values("Model weights", w, self.fixed_point)
+        self.protocol, self.fixed_point = activate(self.config, self.protocol_name, model)
         self.timing = Timing()
         with tf.name_scope(f"share-{self.protocol_name}"):
             self._shared = tfe.keras.models.clone_model(model)

@@ -57,16 +57,7 @@ import tensorflow as tf
 import tf_encrypted as tfe
 from tensorflow.python.ops import gen_data_flow_ops, gen_resource_variable_ops
 
-from harness.private import (
-    CLIENT,
-    PROTOCOLS,
-    SERVERS,
-    FixedPoint,
-    InputError,
-    check_model,
-    check_protocol,
-    check_values,
-)
+from harness.private import CLIENT, SERVERS, InputError, activate, check_model, check_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +199,28 @@ def queue_handle(spec: tuple[str, list[tuple[int, ...]]], capacity: int) -> tf.T
                                            capacity=capacity, shared_name=name)
 
 
+@dataclass
+class Queues:
+    """Handles of a session's queues: input shares per server, output shares, commits."""
+
+    inputs: dict[int, tf.Tensor]
+    outputs: dict[int, tf.Tensor]
+    commit: tf.Tensor
+
+
+def open_queues(wire: "Wire", devices: Sequence[str]) -> Queues:
+    """Handles of every queue of ``wire``'s session, each on its server's device."""
+    lay = wire.layout
+
+    def on(i: int, spec: tuple[str, list[tuple[int, ...]]]) -> tf.Tensor:
+        with tf.device(devices[i]):
+            return queue_handle(spec, wire.capacity)
+
+    return Queues(inputs={i: on(i, wire.input_queue(i)) for i in lay.input_servers},
+                  outputs={i: on(i, wire.output_queue(i)) for i in lay.output_servers},
+                  commit=on(0, wire.commit_queue()))
+
+
 def destroy(handle: tf.Tensor) -> None:
     gen_resource_variable_ops.destroy_resource_op(handle, ignore_lookup_error=True)
 
@@ -333,12 +346,7 @@ class SharedModel:
         # the owner connects to the servers only (Cluster.connect leaves external players out)
         self.config = cluster.connect(expose_driver=expose_driver)
         self.hostmap = OrderedDict(cluster.hostmap)
-        tfe.set_config(self.config)
-        self.protocol = PROTOCOLS[self.protocol_name]()
-        tfe.set_protocol(self.protocol)
-        self.fixed_point = FixedPoint.of(self.protocol)
-        for w in model.get_weights():
-            check_values("Model weights", w, self.fixed_point)
+        self.protocol, self.fixed_point = activate(self.config, self.protocol_name, model)
         self.devices = [self.config.get_player(s).device_name for s in SERVERS]
         batch = int(model.layers[0].input_shape[0])
         self.wire = Wire(self.protocol_name, secrets.token_hex(8),
@@ -360,16 +368,8 @@ class SharedModel:
 
     # queues ------------------------------------------------------------------------------
     def _open_queues(self) -> None:
-        w, lay = self.wire, self.wire.layout
-        self._in, self._out = {}, {}
-        for i in lay.input_servers:
-            with tf.device(self.devices[i]):
-                self._in[i] = queue_handle(w.input_queue(i), w.capacity)
-        for i in lay.output_servers:
-            with tf.device(self.devices[i]):
-                self._out[i] = queue_handle(w.output_queue(i), w.capacity)
-        with tf.device(self.devices[0]):
-            self._commit = queue_handle(w.commit_queue(), w.capacity)
+        queues = open_queues(self.wire, self.devices)
+        self._in, self._out, self._commit = queues.inputs, queues.outputs, queues.commit
 
     def _size(self, device: str, handle: tf.Tensor) -> int:
         with tf.device(device):

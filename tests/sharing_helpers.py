@@ -22,7 +22,6 @@ cluster changes TensorFlow's global eager context for the rest of the process.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
