@@ -82,10 +82,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     opts: BenchOptions = metafunc.config._harness_options  # type: ignore[attr-defined]
     if "protocol" in metafunc.fixturenames:
         metafunc.parametrize("protocol", opts.protocols, scope="session")
+    # Only the protocol is session-scoped: pytest then runs the tests protocol by
+    # protocol, and each protocol's models and cluster are freed before the next.
     if "deployment" in metafunc.fixturenames:
-        metafunc.parametrize("deployment", opts.deployments, scope="session")
+        metafunc.parametrize("deployment", opts.deployments)
     if "batch" in metafunc.fixturenames:
-        metafunc.parametrize("batch", opts.batch_sizes, scope="session",
+        metafunc.parametrize("batch", opts.batch_sizes,
                              ids=[f"batch{b}" for b in opts.batch_sizes])
 
 
@@ -146,28 +148,30 @@ def test_split(options: BenchOptions) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Clusters:
-    """Session-wide clusters by deployment, started on first use, stopped at the end."""
+    """Clusters by deployment, started on first use. An auto-managed cluster serves one
+    protocol: moving to the next protocol stops it (its workers' memory goes with it)."""
 
     def __init__(self, options: BenchOptions) -> None:
         self.options = options
         self._clusters: dict[str, Cluster] = {}
-        self.start_seconds: dict[str, float] = {}
+        self._protocol: dict[str, str] = {}
 
-    def cluster(self, deployment: str) -> Cluster | None:
+    def cluster(self, deployment: str, protocol: str) -> Cluster | None:
         """The started, connected cluster of a deployment (None for in-process)."""
         if deployment == "inprocess":
             return None
-        if deployment not in self._clusters:
-            import time  # noqa: PLC0415
-
-            cluster = (Cluster.manual(self.options.cluster_config)
+        running = self._clusters.get(deployment)
+        if running is not None and running.auto_managed and self._protocol[deployment] != protocol:
+            running.stop()
+            running = None
+        if running is None:
+            running = (Cluster.manual(self.options.cluster_config)
                        if deployment == "manual" else Cluster())
-            t0 = time.perf_counter()
-            cluster.start()
-            self.start_seconds[deployment] = time.perf_counter() - t0
-            self._clusters[deployment] = cluster
-            cluster.connect()
-        return self._clusters[deployment]
+            running.start()
+            running.connect()
+            self._clusters[deployment] = running
+        self._protocol[deployment] = protocol
+        return running
 
     def stop(self) -> None:
         for cluster in self._clusters.values():
@@ -207,8 +211,10 @@ class Models:
     def private(self, protocol: str, deployment: str, batch: int) -> PrivateModel:
         key = (protocol, deployment, batch)
         if key not in self._private:
+            for old in [k for k in self._private if k[0] != protocol]:
+                del self._private[old]  # one protocol's models at a time
             model = PrivateModel(self.keras(batch), protocol,
-                                 cluster=self.clusters.cluster(deployment))
+                                 cluster=self.clusters.cluster(deployment, protocol))
             model.predict(np.zeros((batch, 28, 28, 1), np.float32))  # build + trace
             self._private[key] = model
         return self._private[key]

@@ -63,7 +63,7 @@ def test_private_latency(benchmark, models, clusters, recorder, protocol, deploy
                    and r["batch"] == batch and r["deployment"] == "inprocess"), None)
     if deployment != "inprocess" and inproc is not None:
         row["over_inprocess"] = median_ms / inproc["median_ms"]
-    cluster = clusters.cluster(deployment)
+    cluster = clusters.cluster(deployment, protocol)
     memory = {"protocol": protocol, "deployment": deployment, "batch": batch,
               "driver_peak_rss_mb": peak_rss_mb()}
     if cluster is not None:
