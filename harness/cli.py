@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from typing import Sequence
 
@@ -193,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if host is not None:
         bind.reexec(host, ["-m", "harness", *argv])  # returns only when already under the shim
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM unwinds like Ctrl-C: clusters stop and no half-written file stays behind
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -169,7 +169,8 @@ class Cluster:
 
     def _start_auto(self, attempts: int = 3) -> None:
         env = bind.shim_env(self.host)
-        self._tmp = Path(tempfile.mkdtemp(prefix="tfe-cluster-"))
+        _remove_stale_tmp()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
         for attempt in range(1, attempts + 1):
             ports = free_ports(self.host, len(self.players))
             self.workers = [Worker(n, f"{self.host}:{p}", external=n in self.external)
@@ -378,6 +379,17 @@ class Cluster:
             tail = w.log_tail()
             parts.append(f"{w.name} ({w.address}, {state})" + (f":\n{tail}" if tail else ""))
         return "; ".join(parts)
+
+
+_TMP_PREFIX = "tfe-cluster-"
+
+
+def _remove_stale_tmp() -> None:
+    """Remove the temp folders of clusters whose driver was killed (it could not)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*-*"):
+        pid = folder.name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def driver_host_for(addresses: Iterable[str]) -> str:
