@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 import threading
 import types
+from typing import Callable
 
 import tensorflow as tf
 
-__all__ = ["OpsUnavailableError", "build", "library_path", "load"]
+__all__ = ["OpsUnavailableError", "build", "compile_cached", "library_path", "load"]
 
 logger = logging.getLogger("harness.ops")
 
@@ -104,30 +105,30 @@ def _target(command: tuple[list[str], list[str]]) -> pathlib.Path:
     return _cache_root() / f"tf{tf.__version__}-{digest.hexdigest()[:16]}" / LIB_NAME
 
 
-def _compile(command: tuple[list[str], list[str]], target: pathlib.Path) -> None:
-    """Compile into a temp file next to ``target``, then rename atomically."""
-    compile_part, link_flags = command
-    cxx = compile_part[0]
-    if shutil.which(cxx) is None:
-        raise OpsUnavailableError(
-            f"C++ compiler {cxx!r} not found (set HARNESS_CXX or install it, "
-            f"e.g. `apt-get install g++`)"
-        )
-    fd, tmp = tempfile.mkstemp(prefix=".harness_ops-", suffix=".so.tmp", dir=target.parent)
+def _compile(argv_for: Callable[[str], list[str]], target: pathlib.Path, what: str,
+             package: str) -> None:
+    """Run ``argv_for(temp_output)`` next to ``target``, then rename atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so.tmp", dir=target.parent)
     os.close(fd)
-    # Link flags must follow the sources.
-    argv = [*compile_part, *map(str, _sources()), "-o", tmp, *link_flags]
-    logger.info("compiling harness ops: %s", " ".join(argv))
+    argv = argv_for(tmp)
+    compiler = argv[0]
+    logger.info("compiling %s: %s", what, " ".join(argv))
     try:
+        if shutil.which(compiler) is None:
+            raise OpsUnavailableError(
+                f"compiler {compiler!r} for {what} not found (install it, e.g. "
+                f"`apt-get install {package}`, or point HARNESS_CXX/HARNESS_CC at one)"
+            )
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         except OSError as exc:
             raise OpsUnavailableError(
-                f"cannot run C++ compiler {cxx!r}: {exc} (install it, e.g. `apt-get install g++`)"
+                f"cannot run compiler {compiler!r}: {exc} (install it, e.g. "
+                f"`apt-get install {package}`)"
             ) from exc
         if proc.returncode != 0:
             raise OpsUnavailableError(
-                f"compiling harness ops failed (exit {proc.returncode}); compiler "
+                f"compiling {what} failed (exit {proc.returncode}); compiler "
                 f"stderr tail:\n{proc.stderr[-_STDERR_TAIL_CHARS:]}"
             )
         os.chmod(tmp, 0o755)  # mkstemp creates 0600; the cache may be shared
@@ -138,10 +139,13 @@ def _compile(command: tuple[list[str], list[str]], target: pathlib.Path) -> None
     logger.info("built %s", target)
 
 
-def build(force: bool = False) -> pathlib.Path:
-    """Compile the ops library unless cached (or ``force``); return its path."""
-    command = _command()
-    target = _target(command)
+def compile_cached(target: pathlib.Path, argv_for: Callable[[str], list[str]], what: str,
+                   package: str, force: bool = False) -> pathlib.Path:
+    """Build ``target`` with ``argv_for(output)`` unless cached (or ``force``).
+
+    One process compiles at a time (a lock file beside the target); the result appears
+    only by an atomic rename, so concurrent workers never load a half-written library.
+    """
     if target.is_file() and not force:
         logger.debug("using cached %s", target)
         return target
@@ -152,10 +156,22 @@ def build(force: bool = False) -> pathlib.Path:
             if target.is_file() and not force:
                 logger.debug("%s was built by another process", target)
             else:
-                _compile(command, target)
+                _compile(argv_for, target, what, package)
     except OSError as exc:
         raise OpsUnavailableError(f"cannot write ops cache folder {target.parent}: {exc}") from exc
     return target
+
+
+def build(force: bool = False) -> pathlib.Path:
+    """Compile the ops library unless cached (or ``force``); return its path."""
+    command = _command()
+    compile_part, link_flags = command
+    # Link flags must follow the sources.
+    return compile_cached(
+        _target(command),
+        lambda out: [*compile_part, *map(str, _sources()), "-o", out, *link_flags],
+        "harness ops", "g++", force=force,
+    )
 
 
 def load() -> types.ModuleType:
