@@ -168,20 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _driver_bind(args: argparse.Namespace) -> str | None:
-    """The address a cluster-driving command's own TensorFlow server must listen on."""
-    if args.command == "serve":
-        from harness.serving import serve_bind_host  # noqa: PLC0415
-
-        return serve_bind_host(args.config)
+    """The address a cluster-driving command's own TensorFlow server must listen on:
+    loopback for an auto-managed cluster, else what ``driver_host_for`` picks for the
+    hostmap; the client listens on its own slot."""
     if args.command == "client":
         from harness.client import client_bind_host  # noqa: PLC0415
 
         return client_bind_host(args.config)
-    if getattr(args, "deployment", None) != "cluster":
+    if args.command == "serve":
+        config = args.config
+    elif getattr(args, "deployment", None) == "cluster":
+        config = args.cluster_config
+    else:
         return None
-    if getattr(args, "cluster_config", None):
-        return driver_host_for(load_hostmap(args.cluster_config).values())
-    return LOOPBACK
+    return driver_host_for(load_hostmap(config).values()) if config else LOOPBACK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

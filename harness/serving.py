@@ -258,17 +258,6 @@ class Poller:
 
 
 # -- the bind() shim -----------------------------------------------------------------------
-def serve_bind_host(config: str | None) -> str:
-    """Where the owner's own TensorFlow server must listen (``python -m harness serve``)."""
-    from harness.cluster import LOOPBACK, driver_host_for  # noqa: PLC0415
-    from harness.worker import load_hostmap  # noqa: PLC0415
-
-    if not config:
-        return LOOPBACK
-    hostmap = load_hostmap(config)
-    return driver_host_for(hostmap.values())  # as Cluster.driver_host() decides
-
-
 def build_step(protocol: Any, shared: Any, wire: Wire, devices: Sequence[str]) -> Any:
     """The owner's serving step for request ``rid``, all of it on the servers: dequeue
     the request's shares on each input server (skipping orphans of clients that died
