@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from harness.cluster import exit_with_parent
 from harness.data import load_mnist
 from harness.metrics import compare
 from harness.private import plaintext_predictor
@@ -68,7 +69,7 @@ class Served:
                 [sys.executable, "-m", "harness", "-v", "serve", "--protocol", protocol,
                  "--hostmap-out", str(self.hostmap), "--idle-timeout", "600"],
                 stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                env=_env(), cwd=REPO)
+                env=_env(), cwd=REPO, preexec_fn=exit_with_parent)
         self.client: subprocess.Popen | None = None
         deadline = time.monotonic() + 300
         while not self.hostmap.exists():
@@ -79,7 +80,7 @@ class Served:
             self.client = subprocess.Popen(
                 [sys.executable, "-m", "harness", "client", "--config", str(self.hostmap),
                  "--stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                text=True, bufsize=1, env=_env(), cwd=REPO)
+                text=True, bufsize=1, env=_env(), cwd=REPO, preexec_fn=exit_with_parent)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.client.stdout, selectors.EVENT_READ)
         self.ready = self._read(300)

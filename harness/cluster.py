@@ -381,6 +381,15 @@ class Cluster:
         return "; ".join(parts)
 
 
+def exit_with_parent() -> None:
+    """``preexec_fn`` for helper processes (serve, clients) started by a test or benchmark:
+    the kernel sends them SIGTERM when the starting thread's process dies (Linux prctl)."""
+    import ctypes  # noqa: PLC0415
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 _TMP_PREFIX = "tfe-cluster-"
 
 

@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 
 DRIVER = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys, time
+    # Ctrl-C as in a terminal, even when this test runs as a background job (which
+    # starts children with SIGINT ignored, and Python then keeps it ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import harness
     from harness.cluster import Cluster
     mode = sys.argv[1]
@@ -89,8 +92,13 @@ def test_no_worker_survives_driver_exit(mode):
                          ids=["ctrl-c", "sigterm", "sigkill"])
 def test_no_worker_survives_driver_signal(sig):
     proc, pids = _start_driver("wait")
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:  # a hung driver must not outlive the test with its workers
+            proc.kill()
+            proc.wait()
     assert _gone(pids) == [], f"workers left after {sig.name}"
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness.cluster import exit_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -54,7 +55,7 @@ class Serve:
              "--num-requests", str(num_requests), "--hostmap-out", str(self.hostmap),
              "--request-timeout", str(request_timeout), "--idle-timeout", str(idle_timeout)],
             stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL, text=True,
-            env=_env(), cwd=REPO)
+            env=_env(), cwd=REPO, preexec_fn=exit_with_parent)
 
     def log(self) -> str:
         return _clean(self.err_path.read_text(errors="replace"))
