@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness.cluster import exit_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -48,6 +47,8 @@ class Serve:
     def __init__(self, tmp: Path, protocol: str = "securenn", num_requests: int = 3,
                  request_timeout: float = 10.0, idle_timeout: float = 240.0) -> None:
         self.hostmap = tmp / "hostmap.json"
+        from harness.cluster import exit_with_parent  # noqa: PLC0415  (this file also runs as a script)
+
         self.err_path = tmp / "serve.log"
         self._err = open(self.err_path, "w")
         self.proc = subprocess.Popen(
