@@ -35,9 +35,10 @@ def active(bind: str) -> bool:
     return os.environ.get(ENV) == bind and LIB_NAME in os.environ.get("LD_PRELOAD", "")
 
 
-def reexec(bind: str, argv: Sequence[str]) -> None:
-    """Replace this process by ``python argv...`` under the shim, unless already there."""
-    if not active(bind):
+def reexec(bind: str, argv: Sequence[str], force: bool = False) -> None:
+    """Replace this process by ``python argv...`` under the shim, unless already there
+    (``force``: even then, e.g. to restart with a changed environment)."""
+    if force or not active(bind):
         os.execve(sys.executable, [sys.executable, *argv], shim_env(bind))
 
 

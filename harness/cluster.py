@@ -34,8 +34,8 @@ from typing import Any, Iterable, Iterator
 
 from harness import bind
 from harness.private import PLAYERS
-from harness.worker import (EXIT_PORT_BUSY, READY, listening_addresses, load_hostmap,
-                            split_hostport)
+from harness.worker import (EXIT_PORT_BUSY, INTRAOP_ENV, READY, listening_addresses,
+                            load_hostmap, split_hostport)
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Cluster:
         return self
 
     def _start_auto(self, attempts: int = 3) -> None:
-        env = bind.shim_env(self.host)
+        env = {**bind.shim_env(self.host), INTRAOP_ENV: str(self.threads)}
         _remove_stale_tmp()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
         for attempt in range(1, attempts + 1):

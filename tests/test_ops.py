@@ -155,6 +155,37 @@ def test_keystream_op_rejects_counter_overflow(ops) -> None:
         _cpp_keystream(ops, RFC_KEY, RFC_ENC_NONCE, 2**32 - 1, 2)
 
 
+DERIVE_NONCE = b"TFEH-derived"  # the fixed nonce documented in secure_random_ops.cc
+
+
+@pytest.mark.parametrize("index", [0, 1, 17, 2**32 - 1])
+def test_derive_seed_is_the_chacha20_prf(ops, index) -> None:
+    key = bytes(range(200, 232))
+    key_words = tf.constant(np.frombuffer(key, dtype="<i4"))
+    got = ops.harness_derive_seed(key_words, tf.constant(index, tf.int64)).numpy()
+    want = np.frombuffer(chacha20_block(key, index, DERIVE_NONCE)[:32], dtype="<i4")
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+
+
+def test_derive_seed_separates_indices_and_keys(ops) -> None:
+    key = ops.secure_seed()
+    seeds = {tuple(ops.harness_derive_seed(key, tf.constant(i, tf.int64)).numpy())
+             for i in range(64)}
+    assert len(seeds) == 64
+    other = ops.harness_derive_seed(ops.secure_seed(), tf.constant(0, tf.int64)).numpy()
+    assert tuple(other) not in seeds
+
+
+@pytest.mark.parametrize("key, index, message", [
+    (np.zeros(7, np.int32), 0, "shape \\[8\\]"),
+    (np.zeros(8, np.int32), -1, "2\\^32"),
+    (np.zeros(8, np.int32), 2**32, "2\\^32"),
+])
+def test_derive_seed_invalid_arguments(ops, key, index, message) -> None:
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+        ops.harness_derive_seed(tf.constant(key), tf.constant(index, tf.int64))
+
+
 # --------------------------------------------------------------------------
 # Secure random ops.
 # --------------------------------------------------------------------------

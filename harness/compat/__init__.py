@@ -20,6 +20,10 @@ its nonces in Python, i.e. once per trace. Every run of a compiled function then
 reused the same zero-sharing and truncation masks, so one server could subtract
 private results of different runs. We make ABY3 draw fresh keys (``secure_seed``,
 a stateful op) inside every graph that uses them, so each run gets new masks.
+
+Also beyond the table, for speed: the triple producer sends seeds, not random
+tensors (``harness.compat.triples``), which removes a third of the tensors a
+SecureNN prediction sends between processes.
 """
 from __future__ import annotations
 
@@ -157,12 +161,18 @@ def _patch_imported(tfe: ModuleType) -> None:
     from tf_encrypted.operations.dataset import write_record
     from tf_encrypted.operations.tf_i128 import tf_i128
     from tf_encrypted.protocol.aby3 import aby3
-    from tf_encrypted.protocol.pond import pond
+    from tf_encrypted.protocol.pond import pond, triple_sources
+
+    from harness.compat import triples
 
     aby3._build_while_op = _build_while_op_without_stateful_parallelism(aby3._build_while_op)
     for name in _ABY3_KEY_ACCESSORS:
         setattr(aby3.ABY3, name, _keys_per_graph(getattr(aby3.ABY3, name)))
     pond._avgpool2d_reshape_reduce = _avgpool2d_reshape_reduce
+    pond.Pond.__init__ = triples.attach_servers(pond.Pond.__init__)
+    pond.Pond._share = triples.pond_share
+    triple_sources.BaseTripleSource.mask = triples.mask
+    triple_sources.BaseTripleSource._share = triples.share
     tf_i128.tf_i128 = _Unavailable("tf-encrypted's int128 ring (tf_i128)")
     write_record.dataset_module = _Unavailable("tf-encrypted's TFRecord dataset op")
 

@@ -62,6 +62,13 @@ def secure_seed(name=None):
     return secure_random_module.secure_seed(name=name)
 
 
+def derive_seed(key, index, name=None):
+    """Seed number ``index`` (a Python int in [0, 2^32)) derived from a 256-bit key with
+    a ChaCha20 PRF; see ``harness.compat.triples``."""
+    return secure_random_module.harness_derive_seed(
+        key, tf.constant(index, tf.int64), name=name)
+
+
 def _no_int128(*_args, **_kwargs):
     raise NotImplementedError(
         "The int128 ring (fixedpoint_config='high' / ABY3 int128) is not supported by "

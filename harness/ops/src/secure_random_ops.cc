@@ -3,6 +3,7 @@
 //   SecureSeed                  256-bit seed from the OS CSPRNG (getrandom(2)).
 //   SecureSeededRandomUniform   deterministic uniform integers from a seed.
 //   SecureRandomUniform         same, with a fresh getrandom seed per run.
+//   HarnessDeriveSeed           seed number i derived from a key (a ChaCha20 PRF).
 //   HarnessChacha20Keystream    raw ChaCha20 keystream; for testing only.
 //
 // Sampling: the keystream is ChaCha20 (RFC 8439) keyed with the 8 seed words
@@ -54,6 +55,13 @@ constexpr uint32_t kUniformNonce[chacha20::kNonceWords] = {
     0x48454654u,  // "TFEH"
     0x696e752du,  // "-uni"
     0x6d726f66u,  // "form"
+};
+
+// Nonce of HarnessDeriveSeed: the 12 ASCII bytes "TFEH-derived".
+constexpr uint32_t kDeriveNonce[chacha20::kNonceWords] = {
+    0x48454654u,  // "TFEH"
+    0x7265642du,  // "-der"
+    0x64657669u,  // "ived"
 };
 
 // Fills buf[0, n) from getrandom(2), retrying on EINTR and short reads.
@@ -240,6 +248,23 @@ Uniform integers in [minval, maxval) like SecureSeededRandomUniform, seeded
 with fresh getrandom(2) bits on every run.
 )doc");
 
+REGISTER_OP("HarnessDeriveSeed")
+    .Input("key: int32")
+    .Input("index: int64")
+    .Output("seed: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &unused));
+      c->set_output(0, c->Vector(kSeedWords));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Seed number `index` (0 <= index < 2^32) derived from a 256-bit key: the first
+256 bits of ChaCha20 block `index` under the key with the nonce "TFEH-derived"
+(a PRF, so seeds of distinct indices are independent to anyone without the
+key, and unrelated to the key's own "TFEH-uniform" stream).
+)doc");
+
 REGISTER_OP("HarnessChacha20Keystream")
     .Input("key: int32")
     .Input("nonce: int32")
@@ -311,6 +336,32 @@ class SecureRandomUniformOp : public OpKernel {
   }
 };
 
+class HarnessDeriveSeedOp : public OpKernel {
+ public:
+  explicit HarnessDeriveSeedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    uint32_t key[kSeedWords];
+    OP_REQUIRES(ctx, ReadWords(ctx->input(0), kSeedWords, key),
+                errors::InvalidArgument("key must have shape [8], got ",
+                                        ctx->input(0).shape().DebugString()));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(ctx->input(1).shape()),
+                errors::InvalidArgument("index must be a scalar"));
+    const int64_t index = ctx->input(1).scalar<int64_t>()();
+    OP_REQUIRES(ctx, index >= 0 && index < static_cast<int64_t>(chacha20::kMaxBlocks),
+                errors::InvalidArgument("index must be in [0, 2^32), got ", index));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kSeedWords}), &out));
+    uint32_t words[chacha20::kBatchWords];
+    chacha20::Blocks(key, kDeriveNonce, static_cast<uint32_t>(index), words);
+    auto seed = out->vec<int32_t>();
+    for (int i = 0; i < kSeedWords; ++i) seed(i) = static_cast<int32_t>(words[i]);
+    volatile uint32_t* w = words;  // wipe key material, as WipeKey does
+    for (int i = 0; i < chacha20::kBatchWords; ++i) w[i] = 0;
+    WipeKey(key);
+  }
+};
+
 class HarnessChacha20KeystreamOp : public OpKernel {
  public:
   explicit HarnessChacha20KeystreamOp(OpKernelConstruction* ctx)
@@ -358,6 +409,8 @@ class HarnessChacha20KeystreamOp : public OpKernel {
 };
 
 REGISTER_KERNEL_BUILDER(Name("SecureSeed").Device(DEVICE_CPU), SecureSeedOp);
+REGISTER_KERNEL_BUILDER(Name("HarnessDeriveSeed").Device(DEVICE_CPU),
+                        HarnessDeriveSeedOp);
 REGISTER_KERNEL_BUILDER(Name("HarnessChacha20Keystream").Device(DEVICE_CPU),
                         HarnessChacha20KeystreamOp);
 

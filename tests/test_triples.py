@@ -1,0 +1,109 @@
+"""Seed-compressed triples (``harness.compat.triples``): what crosses between parties.
+
+The property tests in ``test_sharing.py`` check that products, matmuls, convolutions
+and ReLUs built from these triples are still right and freshly random on every run;
+here we check the communication itself, on graphs placed as on a real cluster.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_encrypted as tfe
+
+from harness.compat import triples
+from harness.private import CLIENT, PLAYERS, PROTOCOLS
+
+HOSTMAP = OrderedDict((name, f"localhost:{4000 + i}") for i, name in enumerate(PLAYERS))
+PRODUCER, SERVER0, SERVER1 = (f"/job:tfe/replica:0/task:{i}/device:CPU:0" for i in (2, 0, 1))
+
+
+def _cluster_graph(protocol: str) -> tf.Graph:
+    """A private matmul, product and (SecureNN) ReLU, placed on the hostmap's devices.
+    Graph mode: ops get their devices without any worker running."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tfe.set_config(tfe.RemoteConfig(HOSTMAP))
+        prot = PROTOCOLS[protocol]()
+        tfe.set_protocol(prot)
+        x = prot.define_private_input(CLIENT, lambda: tf.constant(np.ones((3, 4))))
+        w = prot.define_private_variable(np.ones((4, 2)))
+        y = prot.matmul(x, w) * x[:, :2]
+        if protocol == "securenn":
+            prot.relu(y)
+    return graph
+
+
+def _crossing(graph: tf.Graph) -> dict[tuple[str, str], set[tf.Tensor]]:
+    """(from device, to device) -> the distinct tensors sent along it."""
+    sent: dict[tuple[str, str], set[tf.Tensor]] = defaultdict(set)
+    for op in graph.get_operations():
+        for t in op.inputs:
+            if t.op.device != op.device:
+                sent[(t.op.device, op.device)].add(t)
+    return sent
+
+
+@pytest.fixture(autouse=True)
+def _restore_config():
+    yield
+    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+
+
+@pytest.mark.parametrize("protocol", ["pond", "securenn"])
+def test_producer_sends_keys_not_random_tensors(protocol):
+    sent = _crossing(_cluster_graph(protocol))
+    for server in (SERVER0, SERVER1):
+        from_producer = sent[(PRODUCER, server)]
+        keys = [t for t in from_producer if "pair-key" in t.name]
+        assert len(keys) == 1, f"one pair key per run from the producer to {server}"
+        random = [t.name for t in from_producer if "RandomUniform" in t.op.type]
+        assert not random, f"random tensors sent instead of seeds: {random}"
+    # the client shares its input the same way: one key to one server, the rest to the other
+    client = "/job:tfe/replica:0/task:3/device:CPU:0"
+    to_servers = sent[(client, SERVER0)] | sent[(client, SERVER1)]
+    assert sum("pair-key" in t.name for t in to_servers) == 1
+    assert not [t for t in to_servers if "RandomUniform" in t.op.type]
+
+
+def test_upstream_sent_random_tensors(monkeypatch):
+    """The baseline the test above improves on: tf-encrypted's own triple source."""
+    from tf_encrypted.protocol.pond import triple_sources
+
+    monkeypatch.setattr(triple_sources.BaseTripleSource, "mask", _UPSTREAM_MASK)
+    sent = _crossing(_cluster_graph("pond"))
+    assert any("RandomUniform" in t.op.type for t in sent[(PRODUCER, SERVER0)])
+
+
+def _upstream_mask(self, backing_dtype, shape):
+    with tf.device(self.producer.device_name):
+        a0 = backing_dtype.sample_uniform(shape)
+        a1 = backing_dtype.sample_uniform(shape)
+        a = a0 + a1
+    return (a, *self._build_queues(a0, a1))
+
+
+_UPSTREAM_MASK = _upstream_mask
+
+
+def test_pair_seeds_agree_and_are_fresh_per_run():
+    @tf.function
+    def seeds():
+        first = triples.pair_seeds("/device:CPU:0", "/device:CPU:0")
+        second = triples.pair_seeds("/device:CPU:0", "/device:CPU:0")
+        return [*first, *second]
+
+    p1, r1, p2, r2 = (s.numpy() for s in seeds())
+    assert np.array_equal(p1, r1) and np.array_equal(p2, r2), "both ends expand one seed"
+    assert not np.array_equal(p1, p2), "seeds of one run must differ"
+    again = seeds()[0].numpy()
+    assert not np.array_equal(p1, again), "a new run must draw a new key"
+
+
+def test_pair_seeds_in_eager_mode_are_fresh():
+    a, b = triples.pair_seeds(None, "/device:CPU:0")
+    c, _ = triples.pair_seeds(None, "/device:CPU:0")
+    assert np.array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(a.numpy(), c.numpy())
