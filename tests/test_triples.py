@@ -107,3 +107,47 @@ def test_pair_seeds_in_eager_mode_are_fresh():
     c, _ = triples.pair_seeds(None, "/device:CPU:0")
     assert np.array_equal(a.numpy(), b.numpy())
     assert not np.array_equal(a.numpy(), c.numpy())
+
+
+# ----------------------------------------------------------------------------------
+# Small-field shares on the wire (harness.compat.wire)
+# ----------------------------------------------------------------------------------
+
+def _is_prime_field_mod(tensor: tf.Tensor) -> bool:
+    op = tensor.op
+    if op.type != "FloorMod" or op.inputs[1].op.type != "Const":
+        return False
+    return int(tf.get_static_value(op.inputs[1])) < 2**15
+
+
+def test_securenn_sends_prime_field_shares_as_int8():
+    from harness.compat import wire
+
+    graph = _cluster_graph("securenn")
+    prot = tfe.get_protocol()
+    assert wire.wire_dtype(prot.prime_factory) == tf.int8
+    assert wire.wire_dtype(prot.tensor_factory) is None, "ring shares travel as they are"
+    sent = set().union(*_crossing(graph).values())
+    wide = [t.name for t in sent if _is_prime_field_mod(t)]
+    assert not wide, f"prime-field shares sent as int64: {wide}"
+    assert any(t.dtype == tf.int8 for t in sent)
+
+
+def test_narrowing_keeps_field_elements():
+    """Any int64 representative (negative, above the modulus) arrives as the same
+    element of Z_p, in [0, p)."""
+    from harness.compat import wire
+    from tf_encrypted.tensor import native_factory
+
+    prime = native_factory(tf.int64, 107)
+    values = np.array([-2**63, -108, -107, -1, 0, 1, 106, 107, 2**63 - 1], dtype=np.int64)
+
+    @tf.function
+    def through_the_wire(v):
+        with tf.device("/device:CPU:0"):
+            x = prime.tensor(v)
+        return wire.narrow_on_sender(x)
+
+    small = through_the_wire(tf.constant(values)).numpy()
+    assert small.dtype == np.int8
+    assert np.array_equal(small.astype(np.int64), np.mod(values, 107))

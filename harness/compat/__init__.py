@@ -23,7 +23,8 @@ a stateful op) inside every graph that uses them, so each run gets new masks.
 
 Also beyond the table, for speed: the triple producer sends seeds, not random
 tensors (``harness.compat.triples``), which removes a third of the tensors a
-SecureNN prediction sends between processes.
+SecureNN prediction sends between processes, and prime-field shares travel as
+int8 (``harness.compat.wire``).
 """
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def _patch_imported(tfe: ModuleType) -> None:
     from tf_encrypted.protocol.aby3 import aby3
     from tf_encrypted.protocol.pond import pond, triple_sources
 
-    from harness.compat import triples
+    from harness.compat import triples, wire
 
     aby3._build_while_op = _build_while_op_without_stateful_parallelism(aby3._build_while_op)
     for name in _ABY3_KEY_ACCESSORS:
@@ -171,6 +172,7 @@ def _patch_imported(tfe: ModuleType) -> None:
     pond._avgpool2d_reshape_reduce = _avgpool2d_reshape_reduce
     pond.Pond.__init__ = triples.attach_servers(pond.Pond.__init__)
     pond.Pond._share = triples.pond_share
+    pond.Pond._reconstruct = wire.reconstruct
     triple_sources.BaseTripleSource.mask = triples.mask
     triple_sources.BaseTripleSource._share = triples.share
     tf_i128.tf_i128 = _Unavailable("tf-encrypted's int128 ring (tf_i128)")

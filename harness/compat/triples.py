@@ -24,18 +24,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from harness.compat import secure_random
+from harness.compat import secure_random, wire
 
 _PairKey = list  # [key tensor, next seed index]
 
 # graph -> {(producer device, receiver device): [key, next index]}
 _KEYS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _PairKey]]" = (
     weakref.WeakKeyDictionary())
-
-
-def _current_device() -> str:
-    """The device that ops created here land on (graph mode)."""
-    return tf.no_op(name="where").device  # an unused NoOp: pruned from the graph
 
 
 def pair_seeds(producer: str | None, receiver: str) -> tuple[tf.Tensor, tf.Tensor]:
@@ -46,7 +41,7 @@ def pair_seeds(producer: str | None, receiver: str) -> tuple[tf.Tensor, tf.Tenso
             key = secure_random.secure_seed(name="pair-key")
         index = 0
     else:
-        producer = _current_device() if producer is None else producer
+        producer = wire.current_device() if producer is None else producer
         per_graph = _KEYS.setdefault(tf.compat.v1.get_default_graph(), {})
         slot = per_graph.get((producer, receiver))
         if slot is None:
@@ -116,8 +111,7 @@ def pond_share(self: Any, secret: Any) -> tuple[Any, Any]:
         rest = secret - secret.factory.sample_seeded_uniform(secret.shape, seeds[0])
         with tf.device(seeded.device_name):
             r = secret.factory.sample_seeded_uniform(secret.shape, seeds[1])
-        with tf.device(other.device_name):
-            rest = rest.identity()
+        rest = wire.send(rest, other.device_name)
     return (r, rest) if seeded_first else (rest, r)
 
 
