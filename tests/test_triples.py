@@ -151,3 +151,14 @@ def test_narrowing_keeps_field_elements():
     small = through_the_wire(tf.constant(values)).numpy()
     assert small.dtype == np.int8
     assert np.array_equal(small.astype(np.int64), np.mod(values, 107))
+
+
+def test_driver_takes_no_part_in_securenn():
+    """Upstream's private compare shared a public constant outside any device scope, so
+    the driver drew randomness and sent shares to both servers on every run. (The
+    weights in this graph are the driver's own, shared from it on purpose.)"""
+    graph = _cluster_graph("securenn")
+    unplaced = [o.name for o in graph.get_operations()
+                if not o.device and o.name.startswith("relu/") and o.type in ("SecureSeed", "SecureSeededRandomUniform",
+                                               "HarnessDeriveSeed")]
+    assert not unplaced, unplaced

@@ -158,11 +158,27 @@ def _keys_per_graph(accessor: Any) -> Any:
     return access
 
 
+def _compare_on_server0(private_compare: Any) -> Any:
+    """SecureNN's private compare shares one public constant (its edge-case vector)
+    outside any device scope, i.e. on the driver, which thereby joined the protocol
+    and sent shares to both servers on every run. Ops without a device of their own
+    now run on server0 (sharing a public value reveals nothing to it)."""
+
+    def compare(prot: Any, *args: Any, **kwargs: Any) -> Any:
+        import tensorflow as tf  # noqa: PLC0415
+
+        with tf.device(prot.server_0.device_name):
+            return private_compare(prot, *args, **kwargs)
+
+    return compare
+
+
 def _patch_imported(tfe: ModuleType) -> None:
     from tf_encrypted.operations.dataset import write_record
     from tf_encrypted.operations.tf_i128 import tf_i128
     from tf_encrypted.protocol.aby3 import aby3
     from tf_encrypted.protocol.pond import pond, triple_sources
+    from tf_encrypted.protocol.securenn import securenn
 
     from harness.compat import triples, wire
 
@@ -173,6 +189,7 @@ def _patch_imported(tfe: ModuleType) -> None:
     pond.Pond.__init__ = triples.attach_servers(pond.Pond.__init__)
     pond.Pond._share = triples.pond_share
     pond.Pond._reconstruct = wire.reconstruct
+    securenn._private_compare = _compare_on_server0(securenn._private_compare)
     triple_sources.BaseTripleSource.mask = triples.mask
     triple_sources.BaseTripleSource._share = triples.share
     tf_i128.tf_i128 = _Unavailable("tf-encrypted's int128 ring (tf_i128)")
