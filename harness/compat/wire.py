@@ -29,12 +29,12 @@ def wire_dtype(factory: Any) -> tf.DType | None:
 def narrow_on_sender(tensor: Any) -> tf.Tensor | None:
     """``tensor``'s value reduced mod its modulus and narrowed, on the device that holds
     it; None if its factory has no narrow wire type."""
-    wire = wire_dtype(tensor.factory)
-    if wire is None:
+    dtype = wire_dtype(tensor.factory)
+    if dtype is None:
         return None
     value = tensor.value
     with tf.device(value.device), tf.name_scope("narrow"):
-        return tf.cast(tf.math.floormod(value, tensor.factory.modulus), wire)
+        return tf.cast(tf.math.floormod(value, tensor.factory.modulus), dtype)
 
 
 def send(tensor: Any, device: str) -> Any:
