@@ -17,6 +17,7 @@ shares it would have been sent; no other party ever gets it. A product share
 """
 from __future__ import annotations
 
+import itertools
 import secrets
 import weakref
 from contextlib import nullcontext
@@ -26,37 +27,59 @@ import tensorflow as tf
 
 from harness.compat import secure_random, wire
 
-_PairKey = list  # [key tensor, next seed index]
-
-# graph -> {(producer device, receiver device): [key, next index]}
-_KEYS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _PairKey]]" = (
+# graph -> {(producer device, receiver device): (key, seed indices)}
+_KEYS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], tuple[tf.Tensor, Any]]]" = (
     weakref.WeakKeyDictionary())
+
+
+def _on(device: str | None) -> Any:
+    """``tf.device(device)``, or no change for None (the current device)."""
+    return nullcontext() if device is None else tf.device(device)
 
 
 def pair_seeds(producer: str | None, receiver: str) -> tuple[tf.Tensor, tf.Tensor]:
     """A fresh seed for one random tensor the ``producer`` device (None: the current
     one) hands to the ``receiver`` device: the same seed, on each of the two."""
     if tf.executing_eagerly():  # no graph to share a key in: one key per seed
-        with nullcontext() if producer is None else tf.device(producer):
+        with _on(producer):
             key = secure_random.secure_seed(name="pair-key")
         index = 0
     else:
         producer = wire.current_device() if producer is None else producer
         per_graph = _KEYS.setdefault(tf.compat.v1.get_default_graph(), {})
-        slot = per_graph.get((producer, receiver))
-        if slot is None:
+        if (producer, receiver) not in per_graph:
             # outside any control dependencies of the first user: later users
             # elsewhere in the graph must not wait for them
             with tf.control_dependencies(None), tf.device(producer):
                 key = secure_random.secure_seed(name="pair-key")
-            slot = per_graph[(producer, receiver)] = [key, 0]
-        key, index = slot
-        slot[1] += 1
+            per_graph[(producer, receiver)] = (key, itertools.count())
+        key, indices = per_graph[(producer, receiver)]
+        index = next(indices)
     seeds = []
     for device in (producer, receiver):
-        with nullcontext() if device is None else tf.device(device):
+        with _on(device):
             seeds.append(secure_random.derive_seed(key, index))
     return seeds[0], seeds[1]
+
+
+def _sample(factory: Any, shape: Any, seed: tf.Tensor, device: str | None) -> Any:
+    with _on(device):
+        return factory.sample_seeded_uniform(shape, seed)
+
+
+def _split(secret: Any, owner: str | None, server0: Any, server1: Any) -> tuple[Any, Any]:
+    """Shares of ``secret`` (held on ``owner``; None: the current device) for the two
+    servers: one expanded from a pair seed where it is used, the other ``secret - r``
+    sent from the owner. Which server gets the seed alternates at random, as upstream."""
+    seeded_first = secrets.randbelow(2) == 0
+    seeded, other = (server0, server1) if seeded_first else (server1, server0)
+    with tf.name_scope("share"):
+        seeds = pair_seeds(owner, seeded.device_name)
+        with _on(owner):
+            rest = secret - _sample(secret.factory, secret.shape, seeds[0], None)
+        r = _sample(secret.factory, secret.shape, seeds[1], seeded.device_name)
+        rest = wire.send(rest, other.device_name)
+    return (r, rest) if seeded_first else (rest, r)
 
 
 def _servers(source: Any) -> tuple[Any, Any]:
@@ -68,51 +91,28 @@ def _servers(source: Any) -> tuple[Any, Any]:
 def mask(self: Any, backing_dtype: Any, shape: Any) -> tuple[Any, Any, Any]:
     """``BaseTripleSource.mask``: ``a = a0 + a1`` on the producer, ``a0``/``a1`` expanded
     from seeds on server0/server1."""
-    server0, server1 = _servers(self)
+    producer = self.producer.device_name
     with tf.name_scope("triple-generation"):
-        seeds0 = pair_seeds(self.producer.device_name, server0.device_name)
-        seeds1 = pair_seeds(self.producer.device_name, server1.device_name)
-        with tf.device(self.producer.device_name):
-            a0 = backing_dtype.sample_seeded_uniform(shape, seeds0[0])
-            a1 = backing_dtype.sample_seeded_uniform(shape, seeds1[0])
-            a = a0 + a1
-        with tf.device(server0.device_name):
-            d0 = backing_dtype.sample_seeded_uniform(shape, seeds0[1])
-        with tf.device(server1.device_name):
-            d1 = backing_dtype.sample_seeded_uniform(shape, seeds1[1])
-    d0, d1 = self._build_queues(d0, d1)
+        halves = []
+        for server in _servers(self):
+            seeds = pair_seeds(producer, server.device_name)
+            halves.append((_sample(backing_dtype, shape, seeds[0], producer),
+                           _sample(backing_dtype, shape, seeds[1], server.device_name)))
+        with tf.device(producer):
+            a = halves[0][0] + halves[1][0]
+    d0, d1 = self._build_queues(halves[0][1], halves[1][1])
     return a, d0, d1
 
 
 def share(self: Any, secret: Any) -> tuple[Any, Any]:
-    """``BaseTripleSource._share``: one server's share is expanded from a seed, the
-    other (``secret - r``) is sent; which one alternates at random, as upstream."""
-    server0, server1 = _servers(self)
-    seeded_first = secrets.randbelow(2) == 0
-    seeded = server0 if seeded_first else server1
-    with tf.name_scope("share"):
-        seeds = pair_seeds(self.producer.device_name, seeded.device_name)
-        with tf.device(self.producer.device_name):
-            rest = secret - secret.factory.sample_seeded_uniform(secret.shape, seeds[0])
-        with tf.device(seeded.device_name):
-            r = secret.factory.sample_seeded_uniform(secret.shape, seeds[1])
-    return (r, rest) if seeded_first else (rest, r)
+    """``BaseTripleSource._share``: the producer's split of a product (``_split``)."""
+    return _split(secret, self.producer.device_name, *_servers(self))
 
 
 def pond_share(self: Any, secret: Any) -> tuple[Any, Any]:
-    """``Pond._share``: the owner (the current device) derives one server's share from
-    a pair seed and sends the other server ``secret - r``; upstream sent a fresh seed
-    per tensor. Which server gets the seed alternates at random, as upstream."""
-    seeded_first = secrets.randbelow(2) == 0
-    seeded, other = ((self.server_0, self.server_1) if seeded_first
-                     else (self.server_1, self.server_0))
-    with tf.name_scope("share"):
-        seeds = pair_seeds(None, seeded.device_name)
-        rest = secret - secret.factory.sample_seeded_uniform(secret.shape, seeds[0])
-        with tf.device(seeded.device_name):
-            r = secret.factory.sample_seeded_uniform(secret.shape, seeds[1])
-        rest = wire.send(rest, other.device_name)
-    return (r, rest) if seeded_first else (rest, r)
+    """``Pond._share``: the owner (the current device) splits ``secret`` (``_split``);
+    upstream sent a fresh seed per tensor."""
+    return _split(secret, None, self.server_0, self.server_1)
 
 
 def attach_servers(init: Any) -> Any:

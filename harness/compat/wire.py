@@ -37,23 +37,20 @@ def narrow_on_sender(tensor: Any) -> tf.Tensor | None:
         return tf.cast(tf.math.floormod(value, tensor.factory.modulus), dtype)
 
 
+def _crossing(tensor: Any, device: str | None) -> tf.Tensor | None:
+    """The narrowed value of ``tensor`` if it crosses to ``device`` (graph mode) and its
+    field is small; else None."""
+    if device is None or tensor.value.device == device:
+        return None
+    return narrow_on_sender(tensor)
+
+
 def send(tensor: Any, device: str) -> Any:
     """``tensor`` moved to ``device``: narrowed on its own device first when its field is
     small (graph mode, devices differ); else a plain ``identity`` there."""
-    small = None
-    if not tf.executing_eagerly() and tensor.value.device != device:
-        small = narrow_on_sender(tensor)
+    small = None if tf.executing_eagerly() else _crossing(tensor, device)
     with tf.device(device):
         return tensor.identity() if small is None else tensor.factory.tensor(small)
-
-
-def received(tensor: Any) -> Any:
-    """``tensor`` as used on the current device: narrowed on its own device and widened
-    here when the two differ and its field is small; else ``tensor`` itself."""
-    if tf.executing_eagerly() or tensor.value.device == current_device():
-        return tensor
-    small = narrow_on_sender(tensor)
-    return tensor if small is None else tensor.factory.tensor(small)
 
 
 def current_device() -> str:
@@ -64,4 +61,9 @@ def current_device() -> str:
 def reconstruct(self: Any, share0: Any, share1: Any) -> Any:
     """``Pond._reconstruct`` with narrow transfers of small-field shares."""
     with tf.name_scope("reconstruct"):
-        return received(share0) + received(share1)
+        here = None if tf.executing_eagerly() else current_device()
+        shares = []
+        for share in (share0, share1):
+            small = _crossing(share, here)
+            shares.append(share if small is None else share.factory.tensor(small))
+        return shares[0] + shares[1]

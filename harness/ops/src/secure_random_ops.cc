@@ -82,10 +82,10 @@ absl::Status OsRandomBytes(void* buf, size_t n) {
   return absl::OkStatus();
 }
 
-// Overwrites a key buffer in a way the optimiser cannot elide.
-void WipeKey(uint32_t key[kSeedWords]) {
-  volatile uint32_t* k = key;
-  for (int i = 0; i < kSeedWords; ++i) k[i] = 0;
+// Overwrites key material in a way the optimiser cannot elide.
+void WipeKey(uint32_t* words, int n = kSeedWords) {
+  volatile uint32_t* k = words;
+  for (int i = 0; i < n; ++i) k[i] = 0;
 }
 
 // Builds the output shape from a 1-D shape tensor of dtype Tshape.
@@ -356,8 +356,7 @@ class HarnessDeriveSeedOp : public OpKernel {
     chacha20::Blocks(key, kDeriveNonce, static_cast<uint32_t>(index), words);
     auto seed = out->vec<int32_t>();
     for (int i = 0; i < kSeedWords; ++i) seed(i) = static_cast<int32_t>(words[i]);
-    volatile uint32_t* w = words;  // wipe key material, as WipeKey does
-    for (int i = 0; i < chacha20::kBatchWords; ++i) w[i] = 0;
+    WipeKey(words, chacha20::kBatchWords);
     WipeKey(key);
   }
 };
