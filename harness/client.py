@@ -39,6 +39,7 @@ from harness.serving import (
     open_queues,
     private_to_raw,
     queue_handle,
+    queue_size,
     read_descriptor,
     ring_factory,
 )
@@ -255,17 +256,13 @@ class PredictionClient:
                              "(scale 0..255 images by 1/255).")
         return arr
 
-    def _size(self, i: int, handle: tf.Tensor) -> int:
-        with tf.device(self.devices[i]):
-            return int(gen_data_flow_ops.queue_size_v2(handle).numpy())
-
     def send(self, image: Any) -> Pending:
         """Validate, secret-share and send one request; returns what ``receive`` needs."""
         arr = self.prepare(image)
         tfe.set_protocol(self.protocol)
         cap = self.wire.capacity
-        if any(self._size(i, h) >= cap for i, h in self._in.items()) or \
-                self._size(0, self._commit) >= cap:
+        if any(queue_size(self.devices[i], h) >= cap for i, h in self._in.items()) or \
+                queue_size(self.devices[0], self._commit) >= cap:
             raise ServingError("the servers' request queues are full; try again later")
         rid = secrets.randbits(62) + 1
         sent_at = time.perf_counter()
@@ -279,7 +276,7 @@ class PredictionClient:
         poll, next_check = Poller(), time.monotonic() + 2.0
         outs = self.wire.layout.output_servers
         while True:
-            if all(self._size(i, self._out[i]) > 0 for i in outs):
+            if all(queue_size(self.devices[i], self._out[i]) > 0 for i in outs):
                 ids, logits = self._receive_fn(pending.mask_sum)
                 ids = ids.numpy()
                 if np.all(ids == pending.rid):

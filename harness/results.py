@@ -94,18 +94,25 @@ class Recorder:
                         self.cluster))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically (temp file + rename): readers see the old file or the
+    whole new one, and a failed write leaves no temp file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (``write_text``)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def publish(staging: Path, final: Path) -> Path:

@@ -49,7 +49,6 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -58,6 +57,7 @@ import tf_encrypted as tfe
 from tensorflow.python.ops import gen_data_flow_ops, gen_resource_variable_ops
 
 from harness.private import CLIENT, SERVERS, InputError, activate, check_model, check_protocol
+from harness.results import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,12 @@ def destroy(handle: tf.Tensor) -> None:
     gen_resource_variable_ops.destroy_resource_op(handle, ignore_lookup_error=True)
 
 
+def queue_size(device: str, handle: tf.Tensor) -> int:
+    """Elements waiting in the queue ``handle`` on ``device``."""
+    with tf.device(device):
+        return int(gen_data_flow_ops.queue_size_v2(handle).numpy())
+
+
 def descriptor_handle() -> tf.Tensor:
     return gen_resource_variable_ops.var_handle_op(dtype=tf.string, shape=[],
                                                    shared_name=DESCRIPTOR_NAME)
@@ -360,10 +366,6 @@ class SharedModel:
         queues = open_queues(self.wire, self.devices)
         self._in, self._out, self._commit = queues.inputs, queues.outputs, queues.commit
 
-    def _size(self, device: str, handle: tf.Tensor) -> int:
-        with tf.device(device):
-            return int(gen_data_flow_ops.queue_size_v2(handle).numpy())
-
     def _publish(self) -> None:
         with tf.device(self.devices[0]):
             handle = descriptor_handle()
@@ -431,7 +433,7 @@ class SharedModel:
         poll = Poller()
         deadline = None if idle_timeout is None else time.monotonic() + idle_timeout
         while not self._stop.is_set():
-            if self._size(self.devices[0], self._commit) > 0:
+            if queue_size(self.devices[0], self._commit) > 0:
                 with tf.device(self.devices[0]):
                     rid = gen_data_flow_ops.queue_dequeue_v2(self._commit, [tf.int64])[0]
                 return int(rid.numpy())
@@ -444,7 +446,7 @@ class SharedModel:
     def _answer(self, rid: int, request_timeout: float) -> bool:
         lay = self.wire.layout
         full = [i for i in lay.output_servers
-                if self._size(self.devices[i], self._out[i]) >= self.wire.capacity]
+                if queue_size(self.devices[i], self._out[i]) >= self.wire.capacity]
         if full:
             # never enqueue into a full queue (it would block the server); the client
             # pops stale results while it waits, so this clears itself
@@ -464,7 +466,7 @@ class SharedModel:
         poll = Poller()
         deadline = time.monotonic() + request_timeout
         while True:
-            left = [i for i in lay.output_servers if self._size(self.devices[i], self._out[i])]
+            left = [i for i in lay.output_servers if queue_size(self.devices[i], self._out[i])]
             if not left:
                 logger.info("request %x answered in %.1f ms (collected after %.1f ms)", rid,
                             computed * 1e3, (time.perf_counter() - start) * 1e3)
@@ -481,7 +483,7 @@ class SharedModel:
         lay, w = self.wire.layout, self.wire
         for i in lay.input_servers:
             with tf.device(self.devices[i]):
-                while self._size(self.devices[i], self._in[i]):
+                while queue_size(self.devices[i], self._in[i]):
                     got = gen_data_flow_ops.queue_dequeue_v2(self._in[i], [tf.int64] * len(
                         w.input_queue(i)[1]))
                     if int(got[0].numpy()) == rid:
@@ -526,15 +528,6 @@ def share(model_or_weights_path: Any, cluster: Any, protocol: str = "securenn",
 
 
 # -- the `serve` command ---------------------------------------------------------------------
-def write_atomically(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
@@ -570,7 +563,7 @@ def run_serve(protocol: str = "securenn", num_requests: int | None = None,
             model = share(keras_model, cluster, protocol)
             try:
                 text = json.dumps(dict(cluster.hostmap), indent=2)
-                where = write_atomically(hostmap_out, text) if hostmap_out else cluster.config_path
+                where = write_text(hostmap_out, text) if hostmap_out else cluster.config_path
                 print(f"SERVING protocol={protocol} session={model.wire.session} "
                       f"hostmap={where}", flush=True)
                 print(f"client: python -m harness client --config {where} --image 0",
