@@ -69,13 +69,19 @@ def run(cmd: Sequence[str], check: bool = True, timeout: float = 30.0) -> str:
 
 # -- names and leftovers -------------------------------------------------------------
 def creator_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
         return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def namespaces() -> list[str]:

@@ -1,0 +1,307 @@
+"""Shaped networks (issue 12): ``--network`` profiles, player namespaces, tc shaping,
+cleanup on every exit path, and a cluster on a shaped network.
+
+Namespace tests need root (or uid 0 of a user namespace) and iproute2; they skip
+with the reason ``ShapedNetwork.available()`` gives otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.net import netns
+from harness.net.netprofile import LAN, LOOPBACK, WAN, parse_network, parse_networks
+from harness.net.shaping import ShapedNetwork, bucket, netem_support, qdiscs
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+PLAYERS = ("server0", "server1", "server2", "prediction-client")
+
+
+# -- profiles (no privileges needed) --------------------------------------------------
+@pytest.mark.parametrize("text, name, rate, rtt", [
+    ("loopback", "loopback", None, 0.0),
+    ("LAN", "lan", 625e6, 0.22e-3),             # SecureNN (PoPETs 2019): 625 MB/s, 0.22 ms
+    ("wan", "wan", 40e6, 58e-3),                # 40 MB/s, 58 ms
+    ("100mbit/40ms", "100mbit/40ms", 12.5e6, 0.04),
+    ("1gbit/0.5ms", "1gbit/0.5ms", 125e6, 0.5e-3),
+    ("100mbps/1s", "100mbps/1s", 100e6, 1.0),   # tc: mbps is megaBYTES per second
+    ("8bit/250us", "8bit/250us", 1.0, 250e-6),
+    ("1Kibit/.5MS", "1kibit/0.5ms", 128.0, 0.5e-3),
+    (" 2.50gbit/10msec ", "2.5gbit/10msec", 312.5e6, 0.01),
+])
+def test_profiles_parse(text, name, rate, rtt):
+    profile = parse_network(text)
+    assert profile.name == name
+    assert profile.rate == pytest.approx(rate) if rate else profile.rate is None
+    assert profile.rtt == pytest.approx(rtt)
+    assert profile.shaped == (name != "loopback")
+    assert parse_network(profile.name) == profile  # names are parseable and stable
+
+
+@pytest.mark.parametrize("text, detail", [
+    ("100mbps/4x", "unknown time unit 'x'"),
+    ("100zbit/4ms", "unknown rate unit 'zbit'"),
+    ("100/40ms", ""),                 # a rate needs its unit
+    ("100mbit/40", ""),               # and so does the RTT
+    ("100mbit", ""),
+    ("0mbit/1ms", "at least 8bit"),
+    ("1gbit/90s", "60 s"),
+    ("-1mbit/1ms", ""),
+    ("lan/1ms", ""),
+    ("", ""),
+])
+def test_bad_profiles_say_what_is_accepted(text, detail):
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        parse_network(text)
+    message = str(err.value)
+    assert message.startswith(f"--network: {text!r} is not loopback, lan, wan or RATE/RTT "
+                              f"like 100mbit/40ms"), message
+    assert detail in message and "\n" not in message
+
+
+def test_profile_lists():
+    assert parse_networks("lan,wan,100mbit/40ms") == (LAN, WAN, parse_network("100mbit/40ms"))
+    assert parse_networks("lan, LAN ,loopback") == (LAN, LOOPBACK)
+    for bad in ("", "lan,,wan", "lan,moon"):
+        with pytest.raises(argparse.ArgumentTypeError, match="^--network: "):
+            parse_networks(bad)
+
+
+def test_argparse_reports_one_line(capsys):
+    parser = argparse.ArgumentParser(prog="harness")
+    parser.add_argument("--network", type=parse_networks)
+    assert parser.parse_args(["--network", "wan"]).network == (WAN,)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--network", "100mbps/4x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--network: '100mbps/4x' is not loopback, lan, wan or RATE/RTT" in err[-1]
+
+
+def test_tbf_bucket_is_sane():
+    for profile in (LAN, WAN, parse_network("100mbit/1ms"), parse_network("64kbit/1ms")):
+        burst, limit = bucket(profile.rate)
+        assert burst >= 32 * 1024 and limit > burst
+        assert limit - burst == pytest.approx(profile.rate * 0.1, abs=1)
+
+
+def test_interface_names_fit_linux_limit_for_any_pid():
+    hosts = netns.Hosts(PLAYERS)
+    hosts.tag = f"{netns.PREFIX}4194304-z"  # the largest pid Linux hands out, last counter
+    names = [hosts.bridge] + [hosts.veth(p, end) for p in PLAYERS for end in ("outer", "inner")]
+    assert max(map(len, names)) <= netns.IFNAMSIZ
+    assert netns.ours(names + ["eth0", "tfebr12", "tfn12x"]) == names
+    with pytest.raises(ValueError, match="distinct names"):
+        netns.Hosts(["server0", "server0"])
+    with pytest.raises(ValueError, match="distinct names"):
+        netns.Hosts(["server 0"])
+
+
+# -- namespaces ----------------------------------------------------------------------
+needs_netns = pytest.mark.skipif(not ShapedNetwork.available()[0],
+                                 reason=f"shaped networks: {ShapedNetwork.available()[1]}")
+
+
+def _ours(tag: str) -> dict[str, list[str]]:
+    """Everything with ``tag`` that exists now: namespaces, links, qdiscs."""
+    qdisc_lines = subprocess.run(["tc", "qdisc", "show"], capture_output=True,
+                                 text=True).stdout.splitlines()
+    return {"netns": netns.ours(netns.namespaces(), tag),
+            "links": netns.ours(netns.links(), tag),
+            "qdiscs": [q for q in qdisc_lines if f" dev {tag}" in q]}
+
+
+def _nothing_left(tag: str) -> bool:
+    assert tag.startswith(netns.PREFIX)
+    return not any(_ours(tag).values())
+
+
+def test_unprivileged_user_gets_a_reason():
+    if os.geteuid() != 0:
+        ok, reason = ShapedNetwork.available()
+        assert not ok and "root" in reason
+        return
+    # as root: ask a nobody subprocess (no user namespace) what it can do
+    code = ("from harness.net.shaping import ShapedNetwork; "
+            "print(repr(ShapedNetwork.available()))")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-c", code], env=ENV, cwd="/",
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-1000:]
+    ok, reason = eval(out.stdout.strip())  # noqa: S307  (our own repr of a tuple)
+    assert ok is False and "root" in reason and "unshare" in reason
+
+
+@pytest.mark.netns
+@needs_netns
+def test_players_get_namespaces_addresses_and_shaped_links():
+    net = ShapedNetwork(parse_network("100mbit/40ms"), PLAYERS)
+    with net:
+        tag = net.hosts.tag
+        found = _ours(tag)
+        assert sorted(found["netns"]) == sorted(f"{tag}-{p}" for p in PLAYERS)
+        assert f"{tag}b" in found["links"]
+        assert {net.hosts.veth(p, "outer") for p in PLAYERS} <= set(found["links"])
+        for player in PLAYERS:
+            ns = net.namespace(player)
+            addrs = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr"], capture_output=True,
+                                   text=True).stdout
+            assert f"{net.address(player)}/24" in addrs
+            for dev, where in ((net.hosts.veth(player, "inner"), ns),
+                               (net.hosts.veth(player, "outer"), None)):
+                assert "tbf" in qdiscs(dev, where) and "rate 100Mbit" in qdiscs(dev, where)
+        assert len({net.address(p) for p in PLAYERS} | {net.driver_address}) == 5
+        info = net.describe()
+        assert info["network"] == "100mbit/40ms" and info["rate_bytes_per_s"] == 12.5e6
+        assert info["delay"] in ("emulated", "projected") and info["qdisc"].startswith("tbf")
+    assert _nothing_left(tag), _ours(tag)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_exception_inside_removes_everything():
+    net = ShapedNetwork(parse_network("1gbit/1ms"), PLAYERS)
+    with pytest.raises(ZeroDivisionError):
+        with net:
+            tag = net.hosts.tag
+            # a process left running in a namespace must not keep anything alive
+            sleeper = subprocess.Popen(net.exec_prefix("server1") + ["sleep", "600"],
+                                       start_new_session=True)
+            assert _ours(tag)["netns"]
+            1 / 0
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM  # stopped by the network's removal
+    assert _nothing_left(tag), _ours(tag)
+
+
+_CREATOR = """
+import subprocess, sys, time
+from harness.net.netprofile import parse_network
+from harness.net.shaping import ShapedNetwork
+net = ShapedNetwork(parse_network("100mbit/40ms"), sys.argv[1:]).start()
+subprocess.Popen(net.exec_prefix(sys.argv[1]) + ["sleep", "600"], start_new_session=True)
+print(net.hosts.tag, flush=True)
+with net:
+    time.sleep(600)
+"""
+
+
+def _start_creator() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", _CREATOR, *PLAYERS], env=ENV,
+                            stdout=subprocess.PIPE, text=True)
+    tag = proc.stdout.readline().strip()
+    assert tag.startswith(netns.PREFIX), f"creator did not start (exit {proc.poll()})"
+    assert len(_ours(tag)["netns"]) == len(PLAYERS)
+    return proc, tag
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signalled_creator_removes_everything(sig):
+    proc, tag = _start_creator()
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert _nothing_left(tag), _ours(tag)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_next_start_sweeps_what_a_killed_creator_left():
+    proc, tag = _start_creator()
+    sleeper_ns = f"{tag}-{PLAYERS[0]}"
+    sleepers = netns.processes_in(sleeper_ns)
+    assert sleepers
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    assert _ours(tag)["netns"] and _ours(tag)["qdiscs"]  # SIGKILL: nothing could clean up
+    with ShapedNetwork(LOOPBACK, PLAYERS[:1]) as other:  # the next start sweeps
+        assert other.hosts.tag != tag
+    assert _nothing_left(tag), _ours(tag)
+    deadline = time.monotonic() + 10
+    while any(map(netns.creator_alive, sleepers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(netns.creator_alive, sleepers))  # the sweep killed them
+
+
+_TPUT = """
+import socket, sys, time
+mode, host, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "recv":
+    srv = socket.create_server((host, 0))
+    print(srv.getsockname()[1], flush=True)
+    conn, _ = srv.accept()
+    got = 0
+    while got < size:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    conn.sendall(b"k" if got == size else b"?")
+else:
+    conn = socket.create_connection((host, int(sys.argv[4])))
+    start = time.perf_counter()
+    conn.sendall(b"x" * size)
+    assert conn.recv(1) == b"k"
+    print(time.perf_counter() - start)
+"""
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.parametrize("sender", ["server0", "driver"])
+def test_tbf_limits_the_link(sender):
+    """4 MB at 100mbit: 4e6 * 1514/1448 frame bytes / 12.5e6 B/s = ~0.334 s (unshaped
+    veths move it in a few ms). Generous bounds: the CPU is shared."""
+    size = 4_000_000
+    expected = size * 1514 / 1448 / 12.5e6
+    with ShapedNetwork(parse_network("100mbit/40ms"), PLAYERS) as net:
+        dest = net.address("server1")
+        recv = subprocess.Popen(net.exec_prefix("server1") + [
+            sys.executable, "-c", _TPUT, "recv", dest, str(size)],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            port = recv.stdout.readline().strip()
+            prefix = [] if sender == "driver" else net.exec_prefix(sender)
+            send = subprocess.run(prefix + [sys.executable, "-c", _TPUT, "send", dest,
+                                            str(size), port],
+                                  capture_output=True, text=True, timeout=60)
+            assert send.returncode == 0, send.stderr[-1000:]
+            seconds = float(send.stdout)
+        finally:
+            recv.kill()
+            recv.wait()
+            recv.stdout.close()
+    print(f"4 MB at 100mbit from {sender}: {seconds:.3f} s (expected ~{expected:.3f} s)")
+    assert 0.8 * expected < seconds < 3 * expected
+
+
+@pytest.mark.netns
+@needs_netns
+def test_netem_detection_is_honest():
+    """Our detection agrees with a direct attempt in a scratch namespace, and a shaped
+    network with a round trip says whether its delay is emulated or projected."""
+    direct = subprocess.run(["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root",
+                             "netem", "delay", "1ms"], capture_output=True, text=True)
+    has_netem, reason = netem_support()
+    assert has_netem == (direct.returncode == 0), (reason, direct.stderr)
+    assert has_netem or "sch_netem" in reason
+    with ShapedNetwork(parse_network("1gbit/2ms"), PLAYERS[:2]) as net:
+        info = net.describe()
+        inner = qdiscs(net.hosts.veth("server0", "inner"), net.namespace("server0"))
+    if has_netem:
+        assert info["delay"] == "emulated" and "netem" in inner and info["qdisc"] == "tbf+netem"
+    else:
+        assert info["delay"] == "projected" and "netem" not in inner
+        assert info["delay_note"] == "delay not emulated (no sch_netem): projected"
