@@ -6,8 +6,8 @@ TF ?= 2.21
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-tf$(TF)
 PYTEST_ARGS ?=
-# pytest itself drives clusters: its TensorFlow server is pinned to loopback (harness.bind)
-PYTEST := $(PY) -m harness.bind 127.0.0.1 -- $(PY) -m pytest
+# pytest itself drives clusters: its TensorFlow server is pinned to loopback (harness.net.bind)
+PYTEST := $(PY) -m harness.net.bind 127.0.0.1 -- $(PY) -m pytest
 
 .PHONY: help install ops test bench report clean
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints/tf-$(TF).txt
 install: $(STAMP)
 
 ops: $(STAMP)
-	$(PY) -m harness.ops.build
+	$(PY) -m harness.tfe.ops.build
 
 test: ops
 	$(PYTEST) tests $(PYTEST_ARGS)

@@ -1,17 +1,20 @@
 """Project-wide pytest configuration: command-line options, markers, hypothesis profiles.
 
 ``import harness`` comes first: it selects legacy Keras before TensorFlow loads,
-builds/loads our secure ops and patches tf-encrypted (``harness.compat``).
+builds/loads our secure ops and patches tf-encrypted (``harness.tfe``).
 """
 from __future__ import annotations
 
 import os
 
-import harness  # noqa: F401  (must precede any tensorflow import)
 import pytest
+
+from harness.tfe import activate
+
+activate()  # must precede any tensorflow import
 from hypothesis import HealthCheck, settings
 
-from harness.private import protocol_names
+from harness.inference.private import protocol_names  # noqa: E402
 
 # Hypothesis: a bounded, derandomized profile for CI; "dev" by default; "thorough" on demand
 # (`pytest --hypothesis-profile thorough`).
@@ -66,7 +69,7 @@ def cluster():
     context to the cluster; tests that need an in-process context afterwards
     should drive the cluster from a subprocess instead.
     """
-    from harness.cluster import Cluster
+    from harness.net.cluster import Cluster
 
     with Cluster() as running:
         yield running

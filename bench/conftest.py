@@ -20,10 +20,10 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from harness.cluster import Cluster
-from harness.data import load_mnist
-from harness.private import PrivateModel, plaintext_predictor
-from harness.results import RESULTS_DIR, Recorder, publish, write_json
+from harness.net.cluster import Cluster
+from harness.inference.data import load_mnist
+from harness.inference.private import PrivateModel, plaintext_predictor
+from harness.results.store import RESULTS_DIR, Recorder, publish, write_json
 from models.conv_mnist import load_model
 
 logger = logging.getLogger("harness.bench")
@@ -112,7 +112,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[N
 
 def _publish_run(staging: Path, recorder: Recorder) -> Path:
     """Complete the run's files in ``staging``, then move them under ``results/``."""
-    from harness.report import write_report  # noqa: PLC0415
+    from harness.results.report import write_report  # noqa: PLC0415
 
     write_json(staging / "summary.json", recorder.summary())
     write_report(staging)

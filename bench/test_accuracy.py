@@ -8,9 +8,9 @@ on a subset.
 """
 from __future__ import annotations
 
-from harness import metrics
-from harness.baseline import load_baseline, violations
-from harness.evaluate import timed_batches
+from harness.results import metrics
+from harness.results.baseline import load_baseline, violations
+from harness.inference.evaluate import timed_batches
 
 CLUSTER_IMAGES = 64
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cluster import Cluster
+from harness.net.cluster import Cluster
 
 
 def test_cluster_start_to_ready(benchmark, options, recorder):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness.evaluate import fill_batch
-from harness.metrics import peak_rss_mb
+from harness.inference.evaluate import fill_batch
+from harness.results.metrics import peak_rss_mb
 
 COMM_CALLS = 3
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from harness import ops
+from harness.tfe import ops
 
 ELEMENTS = 1 << 22  # 4 Mi int64 = 32 MiB per call
 

@@ -28,10 +28,10 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from harness.cluster import exit_with_parent
-from harness.data import load_mnist
-from harness.metrics import compare
-from harness.private import plaintext_predictor
+from harness.net.cluster import exit_with_parent
+from harness.inference.data import load_mnist
+from harness.results.metrics import compare
+from harness.inference.private import plaintext_predictor
 from models.conv_mnist import load_model
 
 REPO = Path(__file__).resolve().parents[1]

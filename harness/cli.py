@@ -8,17 +8,18 @@ import signal
 import sys
 from typing import Sequence
 
-from harness import bind
-from harness.cluster import LOOPBACK, ClusterError, driver_host_for
-from harness.worker import load_hostmap
-from harness.ops import OpsUnavailableError
-from harness.private import InputError, protocol_names
+from harness.net import bind
+from harness.net.cluster import LOOPBACK, ClusterError, driver_host_for
+from harness.net.worker import load_hostmap
+from harness.errors import InputError
+from harness.names import PROTOCOLS
+from harness.native import BuildError
 
 logger = logging.getLogger("harness")
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from harness.evaluate import run
+    from harness.inference.evaluate import run
 
     summary = run(args.protocol, args.deployment, args.batch, args.images,
                   weights=args.weights, cluster_config=args.cluster_config).summary()
@@ -33,7 +34,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import write_report  # noqa: PLC0415
+    from harness.results.report import write_report  # noqa: PLC0415
 
     md = write_report(args.run_dir)
     print(md)
@@ -42,14 +43,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from harness.report import compare  # noqa: PLC0415
+    from harness.results.report import compare  # noqa: PLC0415
 
     print(compare(args.run_a, args.run_b, args.baseline), end="")
     return 0
 
 
 def _check_baseline(args: argparse.Namespace) -> int:
-    from harness.report import check  # noqa: PLC0415
+    from harness.results.report import check  # noqa: PLC0415
 
     problems = check(args.run_dir, args.baseline)
     for problem in problems:
@@ -61,7 +62,7 @@ def _check_baseline(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from harness.serving import ServingError, run_serve  # noqa: PLC0415
+    from harness.inference.serving import ServingError, run_serve  # noqa: PLC0415
 
     try:
         served = run_serve(args.protocol, args.num_requests, config=args.config,
@@ -74,8 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from harness.client import run_client  # noqa: PLC0415
-    from harness.serving import ServingError  # noqa: PLC0415
+    from harness.inference.client import run_client  # noqa: PLC0415
+    from harness.inference.serving import ServingError  # noqa: PLC0415
 
     try:
         return run_client(args.config, args.image or [], repeat=args.repeat, as_json=args.json,
@@ -88,7 +89,7 @@ def _client(args: argparse.Namespace) -> int:
 def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="share the model on a cluster and serve private "
                                      "predictions to a separate client")
-    p.add_argument("--protocol", default="securenn", help=f"one of {', '.join(protocol_names())}")
+    p.add_argument("--protocol", default="securenn", help=f"one of {', '.join(PROTOCOLS)}")
     p.add_argument("--num-requests", type=int, default=None, metavar="N",
                    help="serve N requests, then stop (default: until Ctrl-C/SIGTERM)")
     p.add_argument("--config", default=None, metavar="FILE",
@@ -123,8 +124,8 @@ def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
 def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from harness.baseline import BASELINE_PATH  # noqa: PLC0415
-    from harness.results import RESULTS_DIR  # noqa: PLC0415
+    from harness.results.baseline import BASELINE_PATH  # noqa: PLC0415
+    from harness.results.store import RESULTS_DIR  # noqa: PLC0415
 
     latest = RESULTS_DIR / "latest"
     p = sub.add_parser("report", help="(re)write report.md/report.png of a saved run")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="private vs plaintext prediction of MNIST test digits")
-    p.add_argument("--protocol", default="securenn", help=f"one of {', '.join(protocol_names())}")
+    p.add_argument("--protocol", default="securenn", help=f"one of {', '.join(PROTOCOLS)}")
     p.add_argument("--deployment", default="inprocess", choices=("inprocess", "cluster"))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--images", type=int, default=100)
@@ -172,7 +173,7 @@ def _driver_bind(args: argparse.Namespace) -> str | None:
     loopback for an auto-managed cluster, else what ``driver_host_for`` picks for the
     hostmap; the client listens on its own slot."""
     if args.command == "client":
-        from harness.client import client_bind_host  # noqa: PLC0415
+        from harness.inference.client import client_bind_host  # noqa: PLC0415
 
         return client_bind_host(args.config)
     if args.command == "serve":
@@ -204,6 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ClusterError, OpsUnavailableError) as exc:
+    except (ClusterError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -27,7 +27,7 @@ WEIGHTS_PATH = Path(__file__).with_name("short-conv-mnist.h5")
 def _keras():
     """Import and return ``tf_keras``, making sure TensorFlow will use legacy Keras too."""
     if "tensorflow" not in sys.modules:
-        # Same guard as harness.compat: tf.keras must resolve to tf_keras for TF Encrypted.
+        # Same guard as harness.tfe: tf.keras must resolve to tf_keras for TF Encrypted.
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     elif os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
         logger.warning(

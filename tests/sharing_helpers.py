@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 if __name__ == "__main__":  # script mode: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import harness  # noqa: E402,F401  (patches tf-encrypted; must precede tensorflow)
-import harness.private as hp  # noqa: E402
+from harness.tfe import activate; activate()
+import harness.inference.private as hp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_encrypted as tfe  # noqa: E402
@@ -358,7 +358,7 @@ def _cluster_step(subject: Subject) -> Callable:
 
 
 def _cluster_main(request: dict) -> dict:
-    from harness.cluster import Cluster  # noqa: PLC0415
+    from harness.net.cluster import Cluster  # noqa: PLC0415
 
     result: dict = {"protocols": {}}
     with Cluster() as cluster:

@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.cluster import Cluster, ClusterError, grpc_answers
-from harness.private import PLAYERS
-from harness.worker import EXIT_PORT_BUSY, listening_addresses, split_hostport
+from harness.net.cluster import Cluster, ClusterError, grpc_answers
+from harness.inference.private import PLAYERS
+from harness.net.worker import EXIT_PORT_BUSY, listening_addresses, split_hostport
 
 pytestmark = [pytest.mark.cluster]
 
@@ -32,8 +32,8 @@ DRIVER = textwrap.dedent("""
     # Ctrl-C as in a terminal, even when this test runs as a background job (which
     # starts children with SIGINT ignored, and Python then keeps it ignored)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    import harness
-    from harness.cluster import Cluster
+    from harness.tfe import activate; activate()
+    from harness.net.cluster import Cluster
     mode = sys.argv[1]
     cluster = Cluster()
     with cluster:
@@ -74,7 +74,7 @@ def test_cluster_starts_real_workers_and_stops_them():
         for w in cluster.workers:
             assert grpc_answers(w.address), w.name
             cmd = " ".join(psutil.Process(w.process.pid).cmdline())
-            assert "harness.worker" in cmd and w.name in cmd
+            assert "harness.net.worker" in cmd and w.name in cmd
         ports = {split_hostport(a)[1] for a in cluster.hostmap.values()}
         assert len(ports) == len(PLAYERS)
     assert _gone(pids) == []
@@ -125,9 +125,9 @@ def test_killed_worker_fails_the_driver_with_its_name():
     script = textwrap.dedent("""
         import json, os, signal, time
         import numpy as np
-        import harness
-        from harness.cluster import Cluster, ClusterError
-        from harness.private import PrivateModel
+        from harness.tfe import activate; activate()
+        from harness.net.cluster import Cluster, ClusterError
+        from harness.inference.private import PrivateModel
         from models.conv_mnist import load_model
         x = np.zeros((1, 28, 28, 1), np.float32)
         with Cluster() as cluster:
@@ -141,7 +141,7 @@ def test_killed_worker_fails_the_driver_with_its_name():
             except ClusterError as exc:
                 print(json.dumps({"error": str(exc), "seconds": time.monotonic() - t0}))
     """)
-    proc = subprocess.run([sys.executable, "-m", "harness.bind", "127.0.0.1", "--",
+    proc = subprocess.run([sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--",
                            sys.executable, "-c", script], env=ENV, capture_output=True,
                           text=True, timeout=240)
     assert proc.stdout.strip(), proc.stderr[-2000:]
@@ -152,7 +152,7 @@ def test_killed_worker_fails_the_driver_with_its_name():
 
 
 def test_busy_port_in_auto_mode_uses_another(monkeypatch):
-    import harness.cluster as cluster_mod
+    import harness.net.cluster as cluster_mod
 
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
@@ -189,7 +189,7 @@ def test_busy_port_in_manual_mode_is_a_clear_error(tmp_path):
     busy = blocker.getsockname()[1]
     try:
         config = _hostmap_file(tmp_path, [busy, busy + 1, busy + 2, busy + 3])
-        proc = subprocess.run([sys.executable, "-m", "harness.worker", "server0",
+        proc = subprocess.run([sys.executable, "-m", "harness.net.worker", "server0",
                                "--config", str(config)], env=ENV, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == EXIT_PORT_BUSY
@@ -201,14 +201,14 @@ def test_busy_port_in_manual_mode_is_a_clear_error(tmp_path):
 
 
 def test_manual_mode_names_workers_that_never_answer(tmp_path, caplog):
-    from harness.cluster import free_ports
+    from harness.net.cluster import free_ports
 
     config = _hostmap_file(tmp_path, free_ports("127.0.0.1", 4))
     with pytest.raises(ClusterError) as err:
         Cluster.manual(config, start_timeout=1).start()
     for name in PLAYERS:
         assert name in str(err.value)
-    assert "python -m harness.worker server0 --config" in caplog.text
+    assert "python -m harness.net.worker server0 --config" in caplog.text
 
 
 def test_two_clusters_do_not_collide():
@@ -228,8 +228,8 @@ def _non_loopback_ipv4() -> str | None:
 
 def test_driver_refuses_to_listen_on_every_interface():
     script = textwrap.dedent("""
-        import harness
-        from harness.cluster import Cluster, ClusterError
+        from harness.tfe import activate; activate()
+        from harness.net.cluster import Cluster, ClusterError
         with Cluster() as cluster:
             try:
                 cluster.connect()

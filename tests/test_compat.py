@@ -9,8 +9,8 @@ from pathlib import Path
 import tf_encrypted as tfe
 from tf_encrypted.operations import aux, secure_random
 
-import harness.compat.aux as our_aux
-import harness.compat.secure_random as our_random
+import harness.tfe.aux as our_aux
+import harness.tfe.secure_random as our_random
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
@@ -30,7 +30,7 @@ def test_tf_encrypted_uses_our_ops():
 
 
 def test_import_prints_no_insecure_randomness_warning():
-    proc = _python("import harness, tf_encrypted; print(tf_encrypted.__version__)")
+    proc = _python("from harness.tfe import activate; activate(); import tf_encrypted; print(tf_encrypted.__version__)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "insecure" not in (proc.stdout + proc.stderr).lower()
     assert proc.stdout.strip().endswith("0.9.1")
@@ -38,14 +38,14 @@ def test_import_prints_no_insecure_randomness_warning():
 
 def test_keras3_already_loaded_is_a_clear_error():
     env = {k: v for k, v in ENV.items() if k != "TF_USE_LEGACY_KERAS"}
-    proc = subprocess.run([sys.executable, "-c", "import tensorflow; import harness"], env=env,
+    proc = subprocess.run([sys.executable, "-c", "import tensorflow; from harness.tfe import activate; activate()"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "Import `harness` before `tensorflow`" in proc.stderr
+    assert "Call `harness.tfe.activate()` before importing `tensorflow`" in proc.stderr
 
 
 def test_missing_compiler_fails_closed(tmp_path):
-    proc = _python("import harness", HARNESS_CXX="/nonexistent/g++",
+    proc = _python("from harness.tfe import activate; activate()", HARNESS_CXX="/nonexistent/g++",
                    HARNESS_OPS_CACHE=str(tmp_path))
     assert proc.returncode != 0
     assert "OpsUnavailableError" in proc.stderr and "g++" in proc.stderr

@@ -1,4 +1,4 @@
-"""Tests for the offline MNIST split (harness.data) and the tutorial conv net (models)."""
+"""Tests for the offline MNIST split (harness.inference.data) and the tutorial conv net (models)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if importlib.util.find_spec("harness.compat") is None:  # until harness.compat selects it
+if importlib.util.find_spec("harness.tfe") is None:  # until harness.tfe selects it
     import os
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from harness.data import MNIST_NPZ_ENV, MnistSplit, load_mnist  # noqa: E402
+from harness.inference.data import MNIST_NPZ_ENV, MnistSplit, load_mnist  # noqa: E402
 from models.conv_mnist import WEIGHTS_PATH, build_model, load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_npz_bad_arrays(tmp_path: Path, override) -> None:
 
 
 def test_data_module_does_not_import_tensorflow() -> None:
-    data_py = str(REPO / "harness" / "data.py")
+    data_py = str(REPO / "harness" / "inference" / "data.py")
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('hdata', {data_py!r})\n"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.private import PLAYERS
-from harness.worker import READY
+from harness.inference.private import PLAYERS
+from harness.net.worker import READY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
 
@@ -74,7 +74,7 @@ def test_servers_and_client_on_separate_hosts(hosts, tmp_path):
     try:
         for ns, player in zip(names, PLAYERS):
             workers.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "harness.worker", player,
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "harness.net.worker", player,
                  "--config", str(config)],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, text=True))
         for proc, player in zip(workers, PLAYERS):

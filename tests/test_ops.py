@@ -1,4 +1,4 @@
-"""Tests for our custom TensorFlow ops (``harness.ops``).
+"""Tests for our custom TensorFlow ops (``harness.tfe.ops``).
 
 Covers the ChaCha20 keystream against RFC 8439 vectors, the secure random ops
 (checked word-for-word against a pure-Python RFC 8439 reference sampler), the
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import ops as harness_ops
+from harness.tfe import ops as harness_ops
 
-build_module = importlib.import_module("harness.ops.build")
+build_module = importlib.import_module("harness.tfe.ops.build")
 
 INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max

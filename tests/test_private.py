@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tf_encrypted as tfe
 
-from harness.data import load_mnist
-from harness.evaluate import fill_batch, timed_batches
-from harness.metrics import compare
-from harness.private import (InputError, PrivateModel, UnsupportedModelError, check_images,
+from harness.inference.data import load_mnist
+from harness.inference.evaluate import fill_batch, timed_batches
+from harness.results.metrics import compare
+from harness.inference.private import (InputError, PrivateModel, UnsupportedModelError, check_images,
                              check_model, check_protocol, plaintext_predictor, protocol_names)
 from models.conv_mnist import build_model, load_model
 
@@ -127,7 +127,7 @@ def test_variable_batch_size_is_refused():
     (np.full((1, 28, 28, 1), -2187.0), "fixed-point range"),
 ])
 def test_bad_images_are_refused(images, message):
-    from harness.private import FixedPoint
+    from harness.inference.private import FixedPoint
 
     with pytest.raises(InputError, match=message):
         check_images(images, 1, FixedPoint(3, 7, 8))

@@ -1,4 +1,4 @@
-"""Tests of the run report, the run comparison and the baseline check (``harness.report``).
+"""Tests of the run report, the run comparison and the baseline check (``harness.results.report``).
 
 Synthetic ``summary.json``/``benchmark.json`` files in ``tmp_path``; no TensorFlow work.
 """
@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from harness import cli, report
-from harness.baseline import BASELINE_PATH, load_baseline
+from harness import cli
+from harness.results import report
+from harness.results.baseline import BASELINE_PATH, load_baseline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TMP_GLOBS = (".report*", "*.tmp")
@@ -253,7 +254,7 @@ def test_write_report_keeps_old_report_when_rename_fails(tmp_path: Path,
 
 
 def test_report_module_does_not_import_tensorflow() -> None:
-    for module in (report, report.load_baseline.__module__, "harness.results"):
+    for module in (report, report.load_baseline.__module__, "harness.results.store"):
         name = module if isinstance(module, str) else module.__name__
         source = Path(__import__(name, fromlist=["_"]).__file__).read_text()
         imported = set()

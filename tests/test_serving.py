@@ -47,7 +47,7 @@ class Serve:
     def __init__(self, tmp: Path, protocol: str = "securenn", num_requests: int = 3,
                  request_timeout: float = 10.0, idle_timeout: float = 240.0) -> None:
         self.hostmap = tmp / "hostmap.json"
-        from harness.cluster import exit_with_parent  # noqa: PLC0415  (this file also runs as a script)
+        from harness.net.cluster import exit_with_parent  # noqa: PLC0415  (this file also runs as a script)
 
         self.err_path = tmp / "serve.log"
         self._err = open(self.err_path, "w")
@@ -99,7 +99,7 @@ def leftover_workers(parent_pid: int) -> list[str]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "harness.worker" in cmd and f"--parent-pid {parent_pid}" in cmd:
+        if "harness.net.worker" in cmd and f"--parent-pid {parent_pid}" in cmd:
             found.append(f"{proc.pid}: {cmd}")
     return found
 
@@ -114,7 +114,7 @@ def plaintext_logits(images: np.ndarray) -> np.ndarray:
 # -- the check of the issue ------------------------------------------------------------------
 @pytest.mark.cluster
 def test_serve_three_requests_from_a_separate_client_process(tmp_path: Path) -> None:
-    from harness.data import load_mnist  # noqa: PLC0415
+    from harness.inference.data import load_mnist  # noqa: PLC0415
 
     x = load_mnist().x_test[:3]
     as_file = tmp_path / "digit1.npy"
@@ -148,10 +148,11 @@ def test_serve_three_requests_from_a_separate_client_process(tmp_path: Path) -> 
 
 # -- trouble -----------------------------------------------------------------------------
 VANISH = r"""
-import harness, os, sys
+import os, sys
+from harness.tfe import activate; activate()
 import numpy as np, tensorflow as tf
 from tensorflow.python.ops import gen_data_flow_ops
-from harness.client import PredictionClient
+from harness.inference.client import PredictionClient
 c = PredictionClient(sys.argv[1])
 w = c.wire
 # 1) dies half-way through sending: shares on server0 only, no commit
@@ -167,7 +168,7 @@ os._exit(0)
 
 @pytest.mark.cluster
 def test_bad_and_vanishing_clients_do_not_stop_serving(tmp_path: Path) -> None:
-    from harness.data import load_mnist  # noqa: PLC0415
+    from harness.inference.data import load_mnist  # noqa: PLC0415
 
     nan_image = tmp_path / "nan.npy"
     image = load_mnist().x_test[3][:, :, 0].copy()
@@ -180,7 +181,7 @@ def test_bad_and_vanishing_clients_do_not_stop_serving(tmp_path: Path) -> None:
         assert bad.returncode == 2, _clean(bad.stderr)
         assert "NaN" in bad.stderr and "error:" in bad.stderr
         vanish = subprocess.run(
-            [PY, "-m", "harness.bind", "127.0.0.1", "--", PY, "-c", VANISH, str(serve.hostmap)],
+            [PY, "-m", "harness.net.bind", "127.0.0.1", "--", PY, "-c", VANISH, str(serve.hostmap)],
             capture_output=True, text=True, env=_env(), cwd=REPO, timeout=180)
         assert "VANISHED" in vanish.stdout, _clean(vanish.stderr)[-3000:]
         good = client(serve.hostmap, "3")
@@ -215,8 +216,8 @@ def test_bad_and_vanishing_clients_do_not_stop_serving(tmp_path: Path) -> None:
     (np.array([["a"] * 28] * 28), "numeric"),
 ])
 def test_client_refuses_malformed_images_before_sharing(image: np.ndarray, message: str) -> None:
-    from harness.client import check_pixels  # noqa: PLC0415
-    from harness.private import InputError  # noqa: PLC0415
+    from harness.inference.client import check_pixels  # noqa: PLC0415
+    from harness.inference.private import InputError  # noqa: PLC0415
 
     with pytest.raises(InputError, match=re.escape(message)):
         check_pixels(image)
@@ -277,15 +278,15 @@ def _placement_main(protocol_name: str) -> dict[str, Any]:
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 5)
-    import harness  # noqa: F401, PLC0415
+    from harness.tfe import activate; activate()
     import tf_encrypted as tfe  # noqa: PLC0415
     from tensorflow.python.eager import context  # noqa: PLC0415
     from tensorflow.python.ops import gen_data_flow_ops as q  # noqa: PLC0415
 
-    from harness import client as cl  # noqa: PLC0415
-    from harness import serving  # noqa: PLC0415
-    from harness.data import load_mnist  # noqa: PLC0415
-    from harness.private import CLIENT, PLAYERS, PROTOCOLS, SERVERS  # noqa: PLC0415
+    from harness.inference import client as cl  # noqa: PLC0415
+    from harness.inference import serving  # noqa: PLC0415
+    from harness.inference.data import load_mnist  # noqa: PLC0415
+    from harness.inference.private import CLIENT, PLAYERS, PROTOCOLS, SERVERS  # noqa: PLC0415
     from models.conv_mnist import load_model  # noqa: PLC0415
 
     def dev(k: int) -> str:

@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import harness  # noqa: F401  (first: patches tf-encrypted before tensorflow is imported)
-import harness.private as hp
+from harness.tfe import activate; activate()
+import harness.inference.private as hp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -556,7 +556,7 @@ def test_compiled_product_shares_are_fresh(subject):
     zero-sharing and truncation masks (``_gen_zero_sharing``,
     ``_truncate_msb0_secureq8_private``). Then server0's second share of a product is
     z - y0 - y2 with y0, y2 fixed: server0 alone learns the exact difference of two
-    private products (checked below). ``harness.compat`` draws fresh keys in every graph."""
+    private products (checked below). ``harness.tfe`` draws fresh keys in every graph."""
     subject.activate()
     run = _compiled_product_shares(subject)
     a1, b1 = np.array([1.0, 2.0, -3.0, 0.5]), np.array([2.0, 2.0, 1.5, 4.0])
@@ -648,9 +648,9 @@ def _alive_workers(pids, parent_pid):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"harness.worker" in cmdline:
+        if b"harness.net.worker" in cmdline:
             alive.append(pid)
-    ours = subprocess.run(["pgrep", "-f", f"harness.worker .*--parent-pid {parent_pid}"],
+    ours = subprocess.run(["pgrep", "-f", f"harness.net.worker .*--parent-pid {parent_pid}"],
                           capture_output=True, text=True).stdout.split()
     return sorted(set(alive) | {int(p) for p in ours})
 
@@ -668,7 +668,7 @@ def cluster_run(request):
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
     # The driver runs its own TensorFlow server: pin it to loopback with the bind shim,
     # like the harness's commands do (Cluster.connect refuses otherwise).
-    cmd = [sys.executable, "-m", "harness.bind", "127.0.0.1", "--",
+    cmd = [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--",
            sys.executable, str(Path(sh.__file__).resolve()), "cluster"]
     proc = subprocess.Popen(cmd,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,

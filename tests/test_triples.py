@@ -1,4 +1,4 @@
-"""Seed-compressed triples (``harness.compat.triples``): what crosses between parties.
+"""Seed-compressed triples (``harness.tfe.triples``): what crosses between parties.
 
 The property tests in ``test_sharing.py`` check that products, matmuls, convolutions
 and ReLUs built from these triples are still right and freshly random on every run;
@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 import tf_encrypted as tfe
 
-from harness.compat import triples
-from harness.private import CLIENT, PLAYERS, PROTOCOLS
+from harness.tfe import triples
+from harness.inference.private import CLIENT, PLAYERS, PROTOCOLS
 
 HOSTMAP = OrderedDict((name, f"localhost:{4000 + i}") for i, name in enumerate(PLAYERS))
 PRODUCER, SERVER0, SERVER1 = (f"/job:tfe/replica:0/task:{i}/device:CPU:0" for i in (2, 0, 1))
@@ -110,7 +110,7 @@ def test_pair_seeds_in_eager_mode_are_fresh():
 
 
 # ----------------------------------------------------------------------------------
-# Small-field shares on the wire (harness.compat.wire)
+# Small-field shares on the wire (harness.tfe.wire)
 # ----------------------------------------------------------------------------------
 
 def _is_prime_field_mod(tensor: tf.Tensor) -> bool:
@@ -121,7 +121,7 @@ def _is_prime_field_mod(tensor: tf.Tensor) -> bool:
 
 
 def test_securenn_sends_prime_field_shares_as_int8():
-    from harness.compat import wire
+    from harness.tfe import wire
 
     graph = _cluster_graph("securenn")
     prot = tfe.get_protocol()
@@ -136,7 +136,7 @@ def test_securenn_sends_prime_field_shares_as_int8():
 def test_narrowing_keeps_field_elements():
     """Any int64 representative (negative, above the modulus) arrives as the same
     element of Z_p, in [0, p)."""
-    from harness.compat import wire
+    from harness.tfe import wire
     from tf_encrypted.tensor import native_factory
 
     prime = native_factory(tf.int64, 107)

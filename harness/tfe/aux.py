@@ -1,13 +1,13 @@
 """Our replacement for ``tf_encrypted.operations.aux.aux``: bit ops ABY3 needs.
 
-Same public API as tf-encrypted's wrapper, backed by ``harness.ops``; it has no
+Same public API as tf-encrypted's wrapper, backed by ``harness.tfe.ops``; it has no
 silent ``None`` module: if the ops cannot be built, importing fails.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-from harness import ops as _ops
+from harness.tfe import ops as _ops
 
 aux_module = _ops.load()
 

@@ -4,7 +4,7 @@ The flow of the TF Encrypted tutorial, on our cluster::
 
     cluster = Cluster(external=("prediction-client",)).start()   # server0-2 as workers
     model = share("models/short-conv-mnist.h5", cluster)            # or a Keras model
-    model.serve(num_requests=3)    # a client process asks: harness.client / `python -m harness client`
+    model.serve(num_requests=3)    # a client process asks: harness.inference.client / `python -m harness client`
     model.stop()
     cluster.stop()
 
@@ -15,7 +15,7 @@ Who holds what
   TensorFlow contacts every task of the cluster it connects with and would wait for
   ever for a client that is not there, so the client's slot is left out.
 * The client process *is* the ``prediction-client`` task of the cluster
-  (``harness.client``): it encodes and secret-shares its image on its own device,
+  (``harness.inference.client``): it encodes and secret-shares its image on its own device,
   sends the shares straight to the servers' input queues, and reconstructs the logits
   on its own device from output shares it fetches from the servers. The plaintext
   image and logits never leave the client process; the owner's process never receives
@@ -52,12 +52,16 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tf_encrypted as tfe
+
+from harness.tfe import activate as _activate_tfe
+
+tfe = _activate_tfe()  # this layer runs tf-encrypted: the boundary goes first
+
+import tensorflow as tf  # noqa: E402
 from tensorflow.python.ops import gen_data_flow_ops, gen_resource_variable_ops
 
-from harness.private import CLIENT, SERVERS, InputError, activate, check_model, check_protocol
-from harness.results import write_text
+from harness.inference.private import CLIENT, SERVERS, InputError, activate, check_model, check_protocol
+from harness.results.store import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -546,7 +550,7 @@ def run_serve(protocol: str = "securenn", num_requests: int | None = None,
               request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
               start_timeout: float = 120.0) -> int:
     """Stand up (or join) a cluster, share the model, serve, stop everything; returns served."""
-    from harness.cluster import Cluster  # noqa: PLC0415
+    from harness.net.cluster import Cluster  # noqa: PLC0415
     from models.conv_mnist import WEIGHTS_PATH  # noqa: PLC0415
 
     protocol = check_protocol(protocol)

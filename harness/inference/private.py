@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
-import tf_encrypted as tfe
+
+from harness.tfe import activate as _activate_tfe
+
+tfe = _activate_tfe()  # this layer runs tf-encrypted: the boundary goes first
+
+import tensorflow as tf  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SERVERS = ("server0", "server1", "server2")
-CLIENT = "prediction-client"
-PLAYERS = SERVERS + (CLIENT,)
+from harness.names import CLIENT, PLAYERS, SERVERS  # noqa: E402,F401  (re-exported)
 
 PROTOCOLS: dict[str, Callable[[], Any]] = {
     "pond": lambda: tfe.protocol.Pond(),
@@ -44,12 +46,7 @@ SUPPORTED_LAYERS: dict[str, frozenset[str]] = {
 SUPPORTED_ACTIVATIONS = frozenset({"relu", "linear"})
 
 
-class InputError(ValueError):
-    """Input the harness refuses before any sharing, with what to do about it."""
-
-
-class UnsupportedModelError(InputError):
-    """The model has a layer or setting tf-encrypted cannot run privately."""
+from harness.errors import InputError, UnsupportedModelError  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -171,7 +168,7 @@ class PrivateModel:
 
     def __init__(self, model: tf.keras.Model, protocol: str = "securenn",
                  cluster: Any = None) -> None:
-        """``cluster``: a started ``harness.cluster.Cluster`` (None: all players in-process)."""
+        """``cluster``: a started ``harness.net.cluster.Cluster`` (None: all players in-process)."""
         self.protocol_name = check_protocol(protocol)
         check_model(model, self.protocol_name)
         self.batch_size = int(model.layers[0].input_shape[0])

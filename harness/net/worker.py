@@ -1,4 +1,4 @@
-"""Worker entry point: ``python -m harness.worker NAME --config FILE``.
+"""Worker entry point: ``python -m harness.net.worker NAME --config FILE``.
 
 Serves player NAME of a tf-encrypted hostmap (JSON, ``RemoteConfig`` format) as
 a TensorFlow distributed server (job ``tfe``, task = position in the hostmap)
@@ -7,7 +7,7 @@ until SIGTERM/SIGINT, or until its parent disappears when started with
 
 TensorFlow's gRPC server always listens on all interfaces and runs any graph
 it is sent. The worker therefore runs under our ``bind()`` shim (LD_PRELOAD,
-``harness.bind``) that pins the listening socket to ``--bind``
+``harness.net.bind``) that pins the listening socket to ``--bind``
 (default: this player's own host from the hostmap), and checks the kernel's
 socket table before it reports ``READY``: it refuses to serve on a wildcard
 address unless ``--bind 0.0.0.0`` was asked for explicitly.
@@ -26,9 +26,9 @@ import threading
 from collections import OrderedDict
 from typing import Sequence
 
-logger = logging.getLogger("harness.worker")
+logger = logging.getLogger("harness.net.worker")
 
-from harness.bind import active, reexec
+from harness.net.bind import active, reexec
 
 READY = "HARNESS-WORKER-READY"
 EXIT_BAD_CONFIG = 2
@@ -127,14 +127,17 @@ def serve(name: str, hostmap: "OrderedDict[str, str]", bind: str, threads: int,
         return EXIT_PORT_BUSY
     if bind != "0.0.0.0" and not active(bind):
         logger.error("the bind() shim is not active (LD_PRELOAD); start workers with "
-                     "harness.cluster or `python -m harness.worker`, which sets it up")
+                     "harness.net.cluster or `python -m harness.net.worker`, which sets it up")
         return EXIT_UNSAFE_BIND
 
     stop = threading.Event()
     if parent_pid is not None:
         threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
 
-    import tensorflow as tf  # noqa: PLC0415  (after `harness`: compat + our ops loaded)
+    from harness.tfe import activate  # noqa: PLC0415
+
+    activate()  # our ops must be registered here: the driver's graphs run them on us
+    import tensorflow as tf  # noqa: PLC0415
 
     cluster = tf.train.ClusterSpec({"tfe": list(hostmap.values())})
     config = tf.compat.v1.ConfigProto(
@@ -163,7 +166,7 @@ def serve(name: str, hostmap: "OrderedDict[str, str]", bind: str, threads: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.worker", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m harness.net.worker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="player name in the hostmap (e.g. server0)")
     p.add_argument("--config", required=True, help="hostmap JSON file")
@@ -193,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # restart if it is not in place yet (auto-managed workers get it from the start).
     restart = os.environ.get(INTRAOP_ENV) != str(args.threads)
     os.environ[INTRAOP_ENV] = str(args.threads)
-    me = [sys.executable, "-m", "harness.worker", *argv]
+    me = [sys.executable, "-m", "harness.net.worker", *argv]
     if bind != "0.0.0.0":
         reexec(bind, me[1:], force=restart)  # returns only if nothing had to change
     elif restart:

@@ -23,7 +23,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 SCHEMA = 1
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
 
 def _version(dist: str) -> str | None:

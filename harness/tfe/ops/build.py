@@ -10,23 +10,20 @@ the compiler command. ``$HARNESS_CXX`` overrides the compiler (default
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import logging
 import os
 import pathlib
-import shutil
-import subprocess
-import tempfile
 import threading
 import types
-from typing import Callable
 
 import tensorflow as tf
 
-__all__ = ["OpsUnavailableError", "build", "compile_cached", "library_path", "load"]
+from harness.native import BuildError, cache_root, compile_cached
 
-logger = logging.getLogger("harness.ops")
+__all__ = ["OpsUnavailableError", "build", "library_path", "load"]
+
+logger = logging.getLogger("harness.tfe.ops")
 
 SRC_DIR = pathlib.Path(__file__).resolve().parent / "src"
 LIB_NAME = "harness_ops.so"
@@ -41,26 +38,18 @@ BASE_FLAGS = (
     "-Wno-interference-size",
     "-Wno-sign-compare",
 )
-_STDERR_TAIL_CHARS = 4000
 
 _load_lock = threading.Lock()
 _module: types.ModuleType | None = None
 _module_path: pathlib.Path | None = None
 
 
-class OpsUnavailableError(RuntimeError):
+class OpsUnavailableError(BuildError):
     """The custom ops library cannot be built or loaded."""
 
 
 def _compiler() -> str:
     return os.environ.get("HARNESS_CXX", "g++")
-
-
-def _cache_root() -> pathlib.Path:
-    env = os.environ.get("HARNESS_OPS_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path.home() / ".cache" / "tfe-harness" / "ops"
 
 
 def _sources() -> list[pathlib.Path]:
@@ -102,64 +91,7 @@ def _target(command: tuple[list[str], list[str]]) -> pathlib.Path:
         if path.suffix in (".cc", ".h") and path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update("\0".join([*command[0], *command[1]]).encode())
-    return _cache_root() / f"tf{tf.__version__}-{digest.hexdigest()[:16]}" / LIB_NAME
-
-
-def _compile(argv_for: Callable[[str], list[str]], target: pathlib.Path, what: str,
-             package: str) -> None:
-    """Run ``argv_for(temp_output)`` next to ``target``, then rename atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so.tmp", dir=target.parent)
-    os.close(fd)
-    argv = argv_for(tmp)
-    compiler = argv[0]
-    logger.info("compiling %s: %s", what, " ".join(argv))
-    try:
-        if shutil.which(compiler) is None:
-            raise OpsUnavailableError(
-                f"compiler {compiler!r} for {what} not found (install it, e.g. "
-                f"`apt-get install {package}`, or point HARNESS_CXX/HARNESS_CC at one)"
-            )
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        except OSError as exc:
-            raise OpsUnavailableError(
-                f"cannot run compiler {compiler!r}: {exc} (install it, e.g. "
-                f"`apt-get install {package}`)"
-            ) from exc
-        if proc.returncode != 0:
-            raise OpsUnavailableError(
-                f"compiling {what} failed (exit {proc.returncode}); compiler "
-                f"stderr tail:\n{proc.stderr[-_STDERR_TAIL_CHARS:]}"
-            )
-        os.chmod(tmp, 0o755)  # mkstemp creates 0600; the cache may be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    logger.info("built %s", target)
-
-
-def compile_cached(target: pathlib.Path, argv_for: Callable[[str], list[str]], what: str,
-                   package: str, force: bool = False) -> pathlib.Path:
-    """Build ``target`` with ``argv_for(output)`` unless cached (or ``force``).
-
-    One process compiles at a time (a lock file beside the target); the result appears
-    only by an atomic rename, so concurrent workers never load a half-written library.
-    """
-    if target.is_file() and not force:
-        logger.debug("using cached %s", target)
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.parent / "build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if target.is_file() and not force:
-                logger.debug("%s was built by another process", target)
-            else:
-                _compile(argv_for, target, what, package)
-    except OSError as exc:
-        raise OpsUnavailableError(f"cannot write ops cache folder {target.parent}: {exc}") from exc
-    return target
+    return cache_root() / f"tf{tf.__version__}-{digest.hexdigest()[:16]}" / LIB_NAME
 
 
 def build(force: bool = False) -> pathlib.Path:
@@ -167,11 +99,16 @@ def build(force: bool = False) -> pathlib.Path:
     command = _command()
     compile_part, link_flags = command
     # Link flags must follow the sources.
-    return compile_cached(
-        _target(command),
-        lambda out: [*compile_part, *map(str, _sources()), "-o", out, *link_flags],
-        "harness ops", "g++", force=force,
-    )
+    try:
+        return compile_cached(
+            _target(command),
+            lambda out: [*compile_part, *map(str, _sources()), "-o", out, *link_flags],
+            "harness ops", "g++", force=force,
+        )
+    except BuildError as exc:
+        if isinstance(exc, OpsUnavailableError):
+            raise
+        raise OpsUnavailableError(str(exc)) from exc
 
 
 def load() -> types.ModuleType:
@@ -185,7 +122,7 @@ def load() -> types.ModuleType:
             except (tf.errors.OpError, OSError) as exc:
                 raise OpsUnavailableError(
                     f"loading {path} failed: {exc}; delete the cache folder "
-                    f"{path.parent} and rebuild (python -m harness.ops.build)"
+                    f"{path.parent} and rebuild (python -m harness.tfe.ops.build)"
                 ) from exc
             _module_path = path
             logger.info("loaded harness ops from %s", path)

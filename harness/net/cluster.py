@@ -1,7 +1,7 @@
 """Three-server (+ client) TF Encrypted clusters of real worker processes.
 
 ``Cluster()`` is auto-managed: it picks free loopback ports, starts one
-``python -m harness.worker`` process per player, waits until each answers as a
+``python -m harness.net.worker`` process per player, waits until each answers as a
 gRPC server, and stops them all on exit. ``Cluster.manual(FILE)`` uses workers
 started by hand from a hostmap file: it logs the command to run on each host,
 waits for them, and names those that never answered.
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from harness import bind
-from harness.private import PLAYERS
-from harness.worker import (EXIT_PORT_BUSY, INTRAOP_ENV, READY, listening_addresses,
+from harness.net import bind
+from harness.names import PLAYERS
+from harness.net.worker import (EXIT_PORT_BUSY, INTRAOP_ENV, READY, listening_addresses,
                             load_hostmap, split_hostport)
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class Cluster:
             config.write_text(json.dumps(self.hostmap, indent=2))
             for w in self.managed:
                 w.log_path = self._tmp / f"{w.name}.log"
-                cmd = [sys.executable, "-m", "harness.worker", w.name, "--config", str(config),
+                cmd = [sys.executable, "-m", "harness.net.worker", w.name, "--config", str(config),
                        "--threads", str(self.threads), "--parent-pid", str(os.getpid())]
                 with open(w.log_path, "wb") as log:
                     w.process = subprocess.Popen(
@@ -231,7 +231,7 @@ class Cluster:
         """The command to run on each host of a manual cluster."""
         cfg = shlex.quote(str(self.config_file))
         return "\n".join(
-            f"  on {split_hostport(addr)[0]}:  python -m harness.worker {name} --config {cfg}"
+            f"  on {split_hostport(addr)[0]}:  python -m harness.net.worker {name} --config {cfg}"
             for name, addr in load_hostmap(str(self.config_file)).items()
             if name not in self.external
         )
@@ -276,7 +276,7 @@ class Cluster:
         The driver runs a TensorFlow server of its own (job ``localhost``) that the
         workers fetch inputs from. It must run under the bind() shim for
         ``driver_host()`` (``python -m harness ...`` and the Makefile arrange that;
-        otherwise ``python -m harness.bind ADDR -- python ...``), or TensorFlow would
+        otherwise ``python -m harness.net.bind ADDR -- python ...``), or TensorFlow would
         listen on every interface; ``expose_driver=True`` accepts that knowingly.
         """
         if self._config is not None:
@@ -291,7 +291,7 @@ class Cluster:
         if not (expose_driver or bind.active(host)):
             raise ClusterError(
                 f"this driver would listen for TensorFlow RPCs on every interface; run it "
-                f"with `python -m harness.bind {host} -- python ...` (the harness's own "
+                f"with `python -m harness.net.bind {host} -- python ...` (the harness's own "
                 f"commands do), or pass expose_driver=True to accept that"
             )
         port = free_ports(host, 1)[0]

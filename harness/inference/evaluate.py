@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness import metrics
-from harness.data import load_mnist
-from harness.private import PrivateModel, check_protocol, plaintext_predictor
+from harness.results import metrics
+from harness.inference.data import load_mnist
+from harness.inference.private import PrivateModel, check_protocol, plaintext_predictor
 from models.conv_mnist import WEIGHTS_PATH, load_model
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: in
     plain(fill_batch(x, batch))
     with ExitStack() as stack:
         if deployment == "cluster" and cluster is None:
-            from harness.cluster import Cluster  # noqa: PLC0415  (only this path needs it)
+            from harness.net.cluster import Cluster  # noqa: PLC0415  (only this path needs it)
 
             cluster = stack.enter_context(Cluster.manual(cluster_config) if cluster_config
                                           else Cluster())

@@ -8,7 +8,7 @@ server listens at that slot's address, pinned there by the bind() shim). Its ima
 encoded and secret-shared on its own device; the shares, plus random masks for the
 result, go straight to the servers' input queues. The masked output shares come back
 from the servers and are unmasked and decoded here: neither the servers nor the model
-owner see the image or the logits (see ``harness.serving``).
+owner see the image or the logits (see ``harness.inference.serving``).
 
 Requests are checked here before anything is shared (shape, dtype, NaN/inf, pixels in
 [0, 1]); a refused request never reaches the servers.
@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tf_encrypted as tfe
+
+from harness.tfe import activate as _activate_tfe
+
+tfe = _activate_tfe()  # this layer runs tf-encrypted: the boundary goes first
+
+import tensorflow as tf  # noqa: E402
 from tensorflow.python.ops import gen_data_flow_ops
 
-from harness import bind
-from harness.private import CLIENT, PROTOCOLS, SERVERS, FixedPoint, InputError, check_images
-from harness.serving import (
+from harness.net import bind
+from harness.inference.private import CLIENT, PROTOCOLS, SERVERS, FixedPoint, InputError, check_images
+from harness.inference.serving import (
     Poller,
     ServingError,
     Wire,
@@ -43,7 +47,7 @@ from harness.serving import (
     read_descriptor,
     ring_factory,
 )
-from harness.worker import listening_addresses, load_hostmap, resolve_ipv4, split_hostport
+from harness.net.worker import listening_addresses, load_hostmap, resolve_ipv4, split_hostport
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def client_bind_host(config: str) -> str:
 
 
 def _wait_for_servers(hostmap: "OrderedDict[str, str]", wait: float) -> None:
-    from harness.cluster import grpc_answers  # noqa: PLC0415
+    from harness.net.cluster import grpc_answers  # noqa: PLC0415
 
     deadline = time.monotonic() + wait
     missing = list(SERVERS)
@@ -93,7 +97,7 @@ def connect_as_client(hostmap: "OrderedDict[str, str]", expose: bool = False) ->
         raise ServingError(
             f"this process would listen for TensorFlow RPCs on every interface while it holds "
             f"the plaintext image; run it pinned to {addr} (`python -m harness client ...` "
-            f"does that itself; or `python -m harness.bind {addr} -- python ...`), or pass "
+            f"does that itself; or `python -m harness.net.bind {addr} -- python ...`), or pass "
             "expose=True to accept that")
     # a listener, not a bind() probe: the last client's closed connections linger in
     # TIME_WAIT on this port, and gRPC's SO_REUSEPORT would let two clients share it
@@ -121,7 +125,7 @@ class Pending:
 
 @functools.lru_cache(maxsize=1)
 def _test_split() -> Any:
-    from harness.data import load_mnist  # noqa: PLC0415
+    from harness.inference.data import load_mnist  # noqa: PLC0415
 
     return load_mnist()
 

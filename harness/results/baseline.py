@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.results import RESULTS_DIR, load_json
+from harness.results.store import RESULTS_DIR, load_json
 
 BASELINE_PATH = RESULTS_DIR / "baseline.json"
 

@@ -2,7 +2,7 @@
 
 TensorFlow's gRPC servers, the workers' and the driver's own (a driver connected
 to a cluster serves tensors to the workers), always listen on every interface.
-``python -m harness.bind ADDR -- CMD ...`` runs CMD under our ``bind()`` shim
+``python -m harness.net.bind ADDR -- CMD ...`` runs CMD under our ``bind()`` shim
 (``harness/ops/shim/bind_shim.c``, via ``LD_PRELOAD``) so such sockets listen on
 ADDR only. The harness's own entry points (``python -m harness``, workers, the
 Makefile) use it for themselves.
@@ -18,7 +18,7 @@ ENV = "HARNESS_BIND_ADDR"
 
 def shim_env(bind: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: ours) plus the shim, preloaded, pinning wildcard binds to ``bind``."""
-    from harness.ops.bind_shim import build_bind_shim  # noqa: PLC0415
+    from harness.net.shim import build_bind_shim  # noqa: PLC0415
 
     out = dict(os.environ if env is None else env)
     shim = str(build_bind_shim())
@@ -30,7 +30,7 @@ def shim_env(bind: str, env: dict[str, str] | None = None) -> dict[str, str]:
 
 def active(bind: str) -> bool:
     """True if this process started under the shim pinned to ``bind``."""
-    from harness.ops.bind_shim import LIB_NAME  # noqa: PLC0415
+    from harness.net.shim import LIB_NAME  # noqa: PLC0415
 
     return os.environ.get(ENV) == bind and LIB_NAME in os.environ.get("LD_PRELOAD", "")
 
@@ -45,7 +45,7 @@ def reexec(bind: str, argv: Sequence[str], force: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[1] != "--":
-        print("usage: python -m harness.bind ADDR -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m harness.net.bind ADDR -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     bind, command = args[0], args[2:]
     os.execvpe(command[0], command, shim_env(bind))

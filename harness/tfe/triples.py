@@ -25,7 +25,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from harness.compat import secure_random, wire
+from harness.tfe import secure_random, wire
 
 # graph -> {(producer device, receiver device): (key, seed indices)}
 _KEYS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], tuple[tf.Tensor, Any]]]" = (

@@ -1,4 +1,4 @@
-"""Build the ``bind()`` shim (``shim/bind_shim.c``) that keeps workers off public interfaces.
+"""Build the ``bind()`` shim (``shim_src/bind_shim.c``) that keeps workers off public interfaces.
 
 Preloaded into every worker (``LD_PRELOAD``) with ``HARNESS_BIND_ADDR`` set, it
 rewrites TensorFlow's wildcard listening address to that one address. Plain C,
@@ -10,9 +10,9 @@ import hashlib
 import os
 import pathlib
 
-from harness.ops.build import _cache_root, compile_cached
+from harness.native import cache_root, compile_cached
 
-SOURCE = pathlib.Path(__file__).resolve().parent / "shim" / "bind_shim.c"
+SOURCE = pathlib.Path(__file__).resolve().parent / "shim_src" / "bind_shim.c"
 LIB_NAME = "libharness_bind.so"
 
 
@@ -21,6 +21,6 @@ def build_bind_shim() -> pathlib.Path:
     cc = os.environ.get("HARNESS_CC", "gcc")
     flags = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]
     digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join([cc, *flags]).encode())
-    target = _cache_root() / f"bind-shim-{digest.hexdigest()[:16]}" / LIB_NAME
+    target = cache_root() / f"bind-shim-{digest.hexdigest()[:16]}" / LIB_NAME
     return compile_cached(target, lambda out: [cc, *flags, str(SOURCE), "-o", out, "-ldl"],
                           "the bind() shim that keeps workers on loopback", "gcc")

@@ -1,12 +1,12 @@
 """Make tf-encrypted 0.9.1 import and run correctly on a current TensorFlow.
 
-``apply()`` runs once, from ``import harness``, before ``tf_encrypted`` is
+``activate()`` runs once, explicitly, before ``tf_encrypted`` is
 imported. Each fix is named after its row in ``TFE-FACTS.md``:
 
 1. ``while_v2.glob_stateful_parallelism`` / ``stateful_parallelism=`` only exist
    in tf-encrypted's TensorFlow fork: we provide the name and drop the keyword.
 2./3. the prebuilt custom ops only exist for TF 2.9.1: ``secure_random`` and
-   ``aux`` are replaced by modules backed by our own ops (``harness.ops``);
+   ``aux`` are replaced by modules backed by our own ops (``harness.tfe.ops``);
    there is no insecure fallback.
 4. ``tf.Dimension`` (TF1) in SecureNN/Pond average pooling: replaced.
 5./6. onnx and setuptools (``pkg_resources``) are pinned in ``pyproject.toml``.
@@ -22,9 +22,9 @@ private results of different runs. We make ABY3 draw fresh keys (``secure_seed``
 a stateful op) inside every graph that uses them, so each run gets new masks.
 
 Also beyond the table, for speed: the triple producer sends seeds, not random
-tensors (``harness.compat.triples``), which removes a third of the tensors a
+tensors (``harness.tfe.triples``), which removes a third of the tensors a
 SecureNN prediction sends between processes, and prime-field shares travel as
-int8 (``harness.compat.wire``).
+int8 (``harness.tfe.wire``).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _select_legacy_keras() -> None:
     if "tensorflow" in sys.modules and wanted is None:
         raise CompatError(
             "TensorFlow was imported before the harness, so it already chose Keras 3. "
-            "Import `harness` before `tensorflow`, or set TF_USE_LEGACY_KERAS=1 in the "
+            "Call `harness.tfe.activate()` before importing `tensorflow`, or set TF_USE_LEGACY_KERAS=1 in the "
             "environment before starting Python."
         )
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -86,7 +86,7 @@ def _build_while_op_without_stateful_parallelism(build: Any) -> Any:
 
 def _install_op_modules() -> None:
     """Rows 2-3: our op-backed wrappers stand where tf-encrypted loads its ``.so``."""
-    from harness.compat import aux, secure_random
+    from harness.tfe import aux, secure_random
 
     sys.modules["tf_encrypted.operations.secure_random.secure_random"] = secure_random
     sys.modules["tf_encrypted.operations.aux.aux"] = aux
@@ -180,7 +180,7 @@ def _patch_imported(tfe: ModuleType) -> None:
     from tf_encrypted.protocol.pond import pond, triple_sources
     from tf_encrypted.protocol.securenn import securenn
 
-    from harness.compat import triples, wire
+    from harness.tfe import triples, wire
 
     aby3._build_while_op = _build_while_op_without_stateful_parallelism(aby3._build_while_op)
     for name in _ABY3_KEY_ACCESSORS:
@@ -196,15 +196,16 @@ def _patch_imported(tfe: ModuleType) -> None:
     write_record.dataset_module = _Unavailable("tf-encrypted's TFRecord dataset op")
 
 
-def apply() -> None:
-    """Apply every fix once; safe to call again. Raises ``CompatError`` if impossible."""
+def activate() -> ModuleType:
+    """Apply every fix once and return ``tf_encrypted``; safe to call again.
+    Raises ``CompatError`` if impossible."""
     global _applied
     if _applied:
-        return
+        return sys.modules["tf_encrypted"]
     if "tf_encrypted" in sys.modules:
         raise CompatError(
             "tf_encrypted was imported before the harness could patch it. "
-            "Import `harness` first (it imports tf_encrypted for you)."
+            "Call `harness.tfe.activate()` first (it imports tf_encrypted for you)."
         )
     _select_legacy_keras()
     _provide_while_v2_names()
@@ -214,3 +215,4 @@ def apply() -> None:
     _patch_imported(tfe)
     _applied = True
     logger.debug("tf-encrypted %s patched for TensorFlow", getattr(tfe, "__version__", "?"))
+    return tfe

@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from harness.baseline import BASELINE_PATH, load_baseline, violations
-from harness.results import RESULTS_DIR, load_json
+from harness.results.baseline import BASELINE_PATH, load_baseline, violations
+from harness.results.store import RESULTS_DIR, load_json
 
 logger = logging.getLogger(__name__)
 

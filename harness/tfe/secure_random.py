@@ -4,7 +4,7 @@ tf-encrypted's own wrapper looks for a prebuilt ``.so`` next to the package and,
 when it is missing, leaves the module as ``None`` while logging that it "falls
 back" to insecure randomness (it does not: ``secure_seed()`` then crashes).
 This module keeps the same public API but is backed by the ops we compile
-ourselves (``harness.ops``): randomness comes from ``getrandom`` expanded with
+ourselves (``harness.tfe.ops``): randomness comes from ``getrandom`` expanded with
 ChaCha20. There is no fallback; if the ops cannot be built, importing fails.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import dtypes
 
-from harness import ops as _ops
+from harness.tfe import ops as _ops
 
 secure_random_module = _ops.load()
 
@@ -64,7 +64,7 @@ def secure_seed(name=None):
 
 def derive_seed(key, index, name=None):
     """Seed number ``index`` (a Python int in [0, 2^32)) derived from a 256-bit key with
-    a ChaCha20 PRF; see ``harness.compat.triples``."""
+    a ChaCha20 PRF; see ``harness.tfe.triples``."""
     return secure_random_module.harness_derive_seed(
         key, tf.constant(index, tf.int64), name=name)
 

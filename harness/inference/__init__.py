@@ -1,0 +1,1 @@
+"""inference layer (see harness/__init__.py)."""

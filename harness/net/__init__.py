@@ -1,0 +1,1 @@
+"""net layer (see harness/__init__.py)."""

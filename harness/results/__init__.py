@@ -1,0 +1,1 @@
+"""results layer (see harness/__init__.py)."""
