@@ -1,0 +1,158 @@
+"""Projected latency of a private prediction on a network we did not (fully) emulate.
+
+The model::
+
+    projected = compute + rounds x RTT + bytes(busiest link) x overhead / rate
+
+- ``compute``: the measured latency of the same prediction with every player on
+  loopback (the median of a loopback run), which already contains the CPU time of
+  all parties and the loopback transfers;
+- ``rounds x RTT``: each communication round waits one round trip. A round is a
+  set of transfers that can only start once the previous round's results arrived
+  (the count comes from the traffic analysis, ``harness.inference.comm``).
+  TensorFlow moves tensors with a pull RPC (the receiver asks, the sender answers),
+  so a full RTT per round is the reading that matches a receiver that asks when it
+  needs the tensor; a receiver that asked early waits only the one-way half. The
+  term is therefore an upper estimate of latency, ``rounds x RTT / 2`` a lower one;
+- ``bytes / rate``: the time the busiest link needs to carry its bytes at the
+  link rate. ``overhead`` turns TCP payload into what a rate limiter counts:
+  Ethernet, IP and TCP headers (with timestamps) add 66 bytes to each full-size
+  1448-byte segment (1514/1448, ~4.6 %).
+
+Which links there are (``topology``):
+
+- ``"star"`` (default; what ``harness.net.shaping`` emulates): every party has one
+  link to a switch, with the rate in each direction; a party's uplink carries all
+  it sends, its downlink all it receives. The busiest link is the largest of those
+  sums;
+- ``"mesh"``: every ordered pair of parties has a link of its own; the busiest
+  link is the largest single pair.
+
+Parties named in ``unshaped`` (e.g. ``driver``, which sits in the root namespace
+of an emulated network and has no shaped link of its own) have no link of their
+own: in a star the links of their peers still carry what they exchange; in a mesh
+their pairs are left out.
+
+Assumptions, each making the projection simpler than reality:
+
+1. compute, latency and transfer do not overlap (they add up): conservative when a
+   protocol overlaps communication with computation;
+2. links other than the busiest one work in parallel with it and never hold it up;
+   the transfer term is a lower bound on the time the links are busy;
+3. a single TCP flow fills a link at its rate whatever the RTT (no slow start, no
+   window limit, no loss): optimistic for large RTT x rate (e.g. WAN);
+4. the measured compute does not depend on the network; the loopback transfers it
+   contains are counted again in the transfer term (small: loopback moves GB/s);
+5. rounds and bytes per prediction are those measured on loopback with the same
+   protocol, model and batch size: the protocol's traffic does not depend on the
+   network.
+
+Plain numbers and dicts in, plain numbers out; no TensorFlow.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+FULL_FRAME_OVERHEAD = 1514 / 1448  # Ethernet frame / TCP payload of a full 1500-MTU segment
+TOPOLOGIES = ("star", "mesh")
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A projected latency (seconds) and its parts."""
+
+    total_s: float
+    compute_s: float
+    latency_s: float  # rounds x RTT
+    transfer_s: float  # busiest link's bytes x overhead / rate
+    rounds: int
+    rtt_s: float
+    rate_bytes_per_s: float | None
+    busiest_link: str | None  # e.g. "server0 up" (star) or "server0->server1" (mesh)
+    busiest_link_bytes: int
+    total_bytes: int
+    topology: str
+
+    @property
+    def latency_lower_s(self) -> float:
+        """The latency term if every round waited only one way (RTT/2)."""
+        return self.latency_s / 2
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "latency_lower_s": self.latency_lower_s}
+
+
+def link_loads(comm: Mapping[str, Any], topology: str = "star",
+               unshaped: Iterable[str] = ()) -> dict[str, int]:
+    """Bytes each link carries, from ``{"links": {"a->b": {"bytes": N, ...}}, ...}``.
+
+    ``star``: ``"<party> up"`` (all it sends) and ``"<party> down"`` (all it
+    receives), for every party not in ``unshaped``; ``mesh``: one entry per pair.
+    """
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
+    skip = set(unshaped)
+    loads: dict[str, int] = {}
+    for key, sender, receiver, nbytes in _links(comm):
+        if topology == "mesh":
+            if not {sender, receiver} & skip:
+                loads[key] = loads.get(key, 0) + nbytes
+            continue
+        for party, direction in ((sender, "up"), (receiver, "down")):
+            if party not in skip:
+                name = f"{party} {direction}"
+                loads[name] = loads.get(name, 0) + nbytes
+    return loads
+
+
+def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s: float,
+            topology: str = "star", unshaped: Iterable[str] = (),
+            overhead: float = FULL_FRAME_OVERHEAD) -> Projection:
+    """Projected latency of one prediction (see the module docstring).
+
+    ``compute_s``: measured loopback latency (median, seconds); ``comm``: the traffic
+    of one prediction, ``{"links": {"a->b": {"bytes": int, "tensors": int}},
+    "rounds": int}``; ``rate``: link rate in bytes/s (None: unlimited); ``rtt_s``:
+    round-trip time in seconds.
+    """
+    if not compute_s >= 0:
+        raise ValueError(f"compute_s must be a measured time >= 0 s, got {compute_s!r}")
+    if rate is not None and not rate > 0:
+        raise ValueError(f"rate must be > 0 bytes/s or None (unlimited), got {rate!r}")
+    if not rtt_s >= 0:
+        raise ValueError(f"rtt_s must be >= 0 s, got {rtt_s!r}")
+    if not overhead >= 1:
+        raise ValueError(f"overhead multiplies payload into frame bytes: >= 1, got {overhead!r}")
+    rounds = comm.get("rounds") if isinstance(comm, Mapping) else None
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"comm['rounds'] must be an int >= 0, got {rounds!r}")
+    loads = link_loads(comm, topology, unshaped)
+    busiest = max(loads, key=lambda k: (loads[k], k)) if loads else None
+    busiest_bytes = loads[busiest] if busiest else 0
+    transfer = 0.0 if rate is None else busiest_bytes * overhead / rate
+    latency = rounds * rtt_s
+    return Projection(
+        total_s=compute_s + latency + transfer, compute_s=compute_s, latency_s=latency,
+        transfer_s=transfer, rounds=rounds, rtt_s=rtt_s, rate_bytes_per_s=rate,
+        busiest_link=busiest, busiest_link_bytes=busiest_bytes,
+        total_bytes=sum(n for *_, n in _links(comm)), topology=topology,
+    )
+
+
+def _links(comm: Mapping[str, Any]) -> list[tuple[str, str, str, int]]:
+    """(key, sender, receiver, bytes) of each link entry; clear errors for bad shapes."""
+    links = comm.get("links") if isinstance(comm, Mapping) else None
+    if not isinstance(links, Mapping):
+        raise ValueError("comm must be a dict like {'links': {'server0->server1': "
+                         "{'bytes': int, 'tensors': int}}, 'rounds': int}")
+    out = []
+    for key, entry in links.items():
+        sender, sep, receiver = str(key).partition("->")
+        nbytes = entry.get("bytes") if isinstance(entry, Mapping) else None
+        if not sep or not sender or not receiver:
+            raise ValueError(f"comm link {key!r}: name links 'sender->receiver'")
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"comm link {key!r}: 'bytes' must be an int >= 0, got {nbytes!r}")
+        out.append((str(key), sender.strip(), receiver.strip(), nbytes))
+    return out
