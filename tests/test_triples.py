@@ -1,4 +1,4 @@
-"""Seed-compressed triples (``harness.tfe.triples``): what crosses between parties.
+"""Seed-compressed triples (``harness.tfe.speed.triples``): what crosses between parties.
 
 The property tests in ``test_sharing.py`` check that products, matmuls, convolutions
 and ReLUs built from these triples are still right and freshly random on every run;
@@ -13,20 +13,21 @@ import pytest
 import tensorflow as tf
 import tf_encrypted as tfe
 
-from harness.tfe import triples
-from harness.inference.private import CLIENT, PLAYERS, PROTOCOLS
+from harness.inference.private import CLIENT, PLAYERS
+from harness.tfe import protocols
+from harness.tfe.speed import triples
 
 HOSTMAP = OrderedDict((name, f"localhost:{4000 + i}") for i, name in enumerate(PLAYERS))
 PRODUCER, SERVER0, SERVER1 = (f"/job:tfe/replica:0/task:{i}/device:CPU:0" for i in (2, 0, 1))
 
 
-def _cluster_graph(protocol: str) -> tf.Graph:
+def _cluster_graph(protocol: str, variant: str = "tuned") -> tf.Graph:
     """A private matmul, product and (SecureNN) ReLU, placed on the hostmap's devices.
     Graph mode: ops get their devices without any worker running."""
     graph = tf.Graph()
     with graph.as_default():
         tfe.set_config(tfe.RemoteConfig(HOSTMAP))
-        prot = PROTOCOLS[protocol]()
+        prot = protocols.make(protocol, variant)
         tfe.set_protocol(prot)
         x = prot.define_private_input(CLIENT, lambda: tf.constant(np.ones((3, 4))))
         w = prot.define_private_variable(np.ones((4, 2)))
@@ -68,24 +69,13 @@ def test_producer_sends_keys_not_random_tensors(protocol):
     assert not [t for t in to_servers if "RandomUniform" in t.op.type]
 
 
-def test_upstream_sent_random_tensors(monkeypatch):
-    """The baseline the test above improves on: tf-encrypted's own triple source."""
-    from tf_encrypted.protocol.pond import triple_sources
-
-    monkeypatch.setattr(triple_sources.BaseTripleSource, "mask", _UPSTREAM_MASK)
-    sent = _crossing(_cluster_graph("pond"))
+@pytest.mark.parametrize("protocol", ["pond", "securenn"])
+def test_stock_variant_sends_random_tensors(protocol):
+    """The baseline the test above improves on: the stock variant runs tf-encrypted's own
+    triple source, which sends every random share as a tensor."""
+    sent = _crossing(_cluster_graph(protocol, "stock"))
     assert any("RandomUniform" in t.op.type for t in sent[(PRODUCER, SERVER0)])
-
-
-def _upstream_mask(self, backing_dtype, shape):
-    with tf.device(self.producer.device_name):
-        a0 = backing_dtype.sample_uniform(shape)
-        a1 = backing_dtype.sample_uniform(shape)
-        a = a0 + a1
-    return (a, *self._build_queues(a0, a1))
-
-
-_UPSTREAM_MASK = _upstream_mask
+    assert not any("pair-key" in t.name for t in sent[(PRODUCER, SERVER0)])
 
 
 def test_pair_seeds_agree_and_are_fresh_per_run():
@@ -110,7 +100,7 @@ def test_pair_seeds_in_eager_mode_are_fresh():
 
 
 # ----------------------------------------------------------------------------------
-# Small-field shares on the wire (harness.tfe.wire)
+# Small-field shares on the wire (harness.tfe.speed.wire)
 # ----------------------------------------------------------------------------------
 
 def _is_prime_field_mod(tensor: tf.Tensor) -> bool:
@@ -121,7 +111,7 @@ def _is_prime_field_mod(tensor: tf.Tensor) -> bool:
 
 
 def test_securenn_sends_prime_field_shares_as_int8():
-    from harness.tfe import wire
+    from harness.tfe.speed import wire
 
     graph = _cluster_graph("securenn")
     prot = tfe.get_protocol()
@@ -136,7 +126,7 @@ def test_securenn_sends_prime_field_shares_as_int8():
 def test_narrowing_keeps_field_elements():
     """Any int64 representative (negative, above the modulus) arrives as the same
     element of Z_p, in [0, p)."""
-    from harness.tfe import wire
+    from harness.tfe.speed import wire
     from tf_encrypted.tensor import native_factory
 
     prime = native_factory(tf.int64, 107)

@@ -8,6 +8,7 @@ the plaintext image or the result.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import nullcontext
@@ -26,11 +27,13 @@ logger = logging.getLogger(__name__)
 
 from harness.names import CLIENT, PLAYERS, SERVERS  # noqa: E402,F401  (re-exported)
 
+from harness.names import PROTOCOLS as _PROTOCOL_NAMES  # noqa: E402
+from harness.tfe import protocols as _protocols  # noqa: E402
+from harness.tfe.tracing import compile_step  # noqa: E402
+
+# name -> factory of the default (tuned) protocol instance
 PROTOCOLS: dict[str, Callable[[], Any]] = {
-    "pond": lambda: tfe.protocol.Pond(),
-    "securenn": lambda: tfe.protocol.SecureNN(),
-    "aby3": lambda: tfe.protocol.ABY3(),
-}
+    name: functools.partial(_protocols.make, name) for name in _PROTOCOL_NAMES}
 
 # Keras layer classes tf-encrypted can share, per protocol (MaxPooling2D calls an
 # ABY3-only op under SecureNN/Pond; see TFE-FACTS.md).
@@ -144,11 +147,13 @@ def check_images(images: Any, batch_size: int, fp: FixedPoint) -> np.ndarray:
     return arr
 
 
-def activate(config: Any, protocol: str, model: tf.keras.Model) -> tuple[Any, FixedPoint]:
-    """Make ``protocol`` tf-encrypted's current one on ``config`` and check that the
-    model's weights fit its fixed-point range; returns the protocol and its encoding."""
+def activate(config: Any, protocol: str, model: tf.keras.Model, variant: str = "tuned",
+             changes: Any = None) -> tuple[Any, FixedPoint]:
+    """Make ``protocol`` (its ``variant``/``changes``, ``harness.tfe.protocols``)
+    tf-encrypted's current one on ``config`` and check that the model's weights fit its
+    fixed-point range; returns the protocol and its encoding."""
     tfe.set_config(config)  # resets the protocol: config first
-    instance = PROTOCOLS[protocol]()
+    instance = _protocols.make(protocol, variant, changes)
     tfe.set_protocol(instance)
     fixed_point = FixedPoint.of(instance)
     for w in model.get_weights():
@@ -167,14 +172,18 @@ class PrivateModel:
     """A Keras Sequential model secret-shared under one protocol, compiled once."""
 
     def __init__(self, model: tf.keras.Model, protocol: str = "securenn",
-                 cluster: Any = None) -> None:
-        """``cluster``: a started ``harness.net.cluster.Cluster`` (None: all players in-process)."""
+                 cluster: Any = None, variant: str = "tuned", changes: Any = None) -> None:
+        """``cluster``: a started ``harness.net.cluster.Cluster`` (None: all players
+        in-process); ``variant``/``changes``: stock or tuned protocol code
+        (``harness.tfe.protocols``)."""
         self.protocol_name = check_protocol(protocol)
         check_model(model, self.protocol_name)
         self.batch_size = int(model.layers[0].input_shape[0])
         self.cluster = cluster
         self.config = cluster.connect() if cluster is not None else tfe.LocalConfig(list(PLAYERS))
-        self.protocol, self.fixed_point = activate(self.config, self.protocol_name, model)
+        self.variant = variant
+        self.protocol, self.fixed_point = activate(self.config, self.protocol_name, model,
+                                                   variant, changes)
         self.timing = Timing()
         with tf.name_scope(f"share-{self.protocol_name}"):
             self._shared = tfe.keras.models.clone_model(model)
@@ -183,7 +192,7 @@ class PrivateModel:
     def _make_step(self) -> Callable[[tf.Tensor], Any]:
         shared = self._shared
 
-        @tfe.function
+        @compile_step
         def step(images: tf.Tensor) -> tf.Tensor:
             x = tfe.define_private_input(CLIENT, lambda: images)
             logits = shared(x)

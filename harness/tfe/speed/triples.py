@@ -1,4 +1,4 @@
-"""Seed-compressed Beaver triples for Pond and SecureNN.
+"""Speed change ``pair-keys``: seed-compressed Beaver triples and input shares (Pond, SecureNN).
 
 tf-encrypted's triple producer (server2) samples every mask share and every
 random product share as a full tensor and sends it over the network: in a
@@ -25,7 +25,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from harness.tfe import secure_random, wire
+from tf_encrypted.protocol.pond.triple_sources import OnlineTripleSource
+
+from harness.tfe import secure_random
+from harness.tfe.speed import wire
 
 # graph -> {(producer device, receiver device): (key, seed indices)}
 _KEYS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], tuple[tf.Tensor, Any]]]" = (
@@ -67,10 +70,12 @@ def _sample(factory: Any, shape: Any, seed: tf.Tensor, device: str | None) -> An
         return factory.sample_seeded_uniform(shape, seed)
 
 
-def _split(secret: Any, owner: str | None, server0: Any, server1: Any) -> tuple[Any, Any]:
+def _split(secret: Any, owner: str | None, server0: Any, server1: Any,
+           narrow: bool) -> tuple[Any, Any]:
     """Shares of ``secret`` (held on ``owner``; None: the current device) for the two
     servers: one expanded from a pair seed where it is used, the other ``secret - r``
-    sent from the owner. Which server gets the seed alternates at random, as upstream."""
+    sent from the owner (``narrow``: small-field values as int8, ``wire``). Which server
+    gets the seed alternates at random, as upstream."""
     seeded_first = secrets.randbelow(2) == 0
     seeded, other = (server0, server1) if seeded_first else (server1, server0)
     with tf.name_scope("share"):
@@ -78,50 +83,44 @@ def _split(secret: Any, owner: str | None, server0: Any, server1: Any) -> tuple[
         with _on(owner):
             rest = secret - _sample(secret.factory, secret.shape, seeds[0], None)
         r = _sample(secret.factory, secret.shape, seeds[1], seeded.device_name)
-        rest = wire.send(rest, other.device_name)
+        rest = wire.send(rest, other.device_name, narrow=narrow)
     return (r, rest) if seeded_first else (rest, r)
 
 
-def _servers(source: Any) -> tuple[Any, Any]:
-    if source.player0 is None or source.player1 is None:
-        raise RuntimeError("triple source has no servers: create it through a Pond protocol")
-    return source.player0, source.player1
+class SeededTripleSource(OnlineTripleSource):
+    """tf-encrypted's online triple source (the producer, server2, makes every triple),
+    sending pair keys instead of random tensors; given to a protocol instance by
+    ``harness.tfe.speed.configure``."""
 
+    def __init__(self, producer: Any, server0: Any, server1: Any, narrow: bool) -> None:
+        super().__init__(producer)
+        self.player0, self.player1 = server0, server1
+        self.narrow = narrow
 
-def mask(self: Any, backing_dtype: Any, shape: Any) -> tuple[Any, Any, Any]:
-    """``BaseTripleSource.mask``: ``a = a0 + a1`` on the producer, ``a0``/``a1`` expanded
-    from seeds on server0/server1."""
-    producer = self.producer.device_name
-    with tf.name_scope("triple-generation"):
-        halves = []
-        for server in _servers(self):
-            seeds = pair_seeds(producer, server.device_name)
-            halves.append((_sample(backing_dtype, shape, seeds[0], producer),
-                           _sample(backing_dtype, shape, seeds[1], server.device_name)))
-        with tf.device(producer):
-            a = halves[0][0] + halves[1][0]
-    d0, d1 = self._build_queues(halves[0][1], halves[1][1])
-    return a, d0, d1
+    def mask(self, backing_dtype: Any, shape: Any) -> tuple[Any, Any, Any]:
+        """``a = a0 + a1`` on the producer, ``a0``/``a1`` expanded from seeds on
+        server0/server1."""
+        producer = self.producer.device_name
+        with tf.name_scope("triple-generation"):
+            halves = []
+            for server in (self.player0, self.player1):
+                seeds = pair_seeds(producer, server.device_name)
+                halves.append((_sample(backing_dtype, shape, seeds[0], producer),
+                               _sample(backing_dtype, shape, seeds[1], server.device_name)))
+            with tf.device(producer):
+                a = halves[0][0] + halves[1][0]
+        d0, d1 = self._build_queues(halves[0][1], halves[1][1])
+        return a, d0, d1
 
-
-def share(self: Any, secret: Any) -> tuple[Any, Any]:
-    """``BaseTripleSource._share``: the producer's split of a product (``_split``)."""
-    return _split(secret, self.producer.device_name, *_servers(self))
+    def _share(self, secret: Any) -> tuple[Any, Any]:
+        """The producer's split of a product (``_split``)."""
+        return _split(secret, self.producer.device_name, self.player0, self.player1,
+                      self.narrow)
 
 
 def pond_share(self: Any, secret: Any) -> tuple[Any, Any]:
     """``Pond._share``: the owner (the current device) splits ``secret`` (``_split``);
     upstream sent a fresh seed per tensor."""
-    return _split(secret, None, self.server_0, self.server_1)
+    from harness.tfe.speed import enabled  # noqa: PLC0415
 
-
-def attach_servers(init: Any) -> Any:
-    """Wrap ``Pond.__init__`` so its triple source knows the two servers it serves."""
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        source = self.triple_source
-        if source.player0 is None and source.player1 is None:
-            source.player0, source.player1 = self.server_0, self.server_1
-
-    return __init__
+    return _split(secret, None, self.server_0, self.server_1, enabled(self, "narrow-wire"))
