@@ -7,6 +7,7 @@ with the reason ``ShapedNetwork.available()`` gives otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from harness.net import netns
 from harness.net.netprofile import LAN, LOOPBACK, WAN, parse_network, parse_networks
 from harness.net.shaping import ShapedNetwork, bucket, netem_support, qdiscs
+from harness.results.projection import link_loads, project
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -305,3 +307,97 @@ def test_netem_detection_is_honest():
     else:
         assert info["delay"] == "projected" and "netem" not in inner
         assert info["delay_note"] == "delay not emulated (no sch_netem): projected"
+
+
+# -- projection (no privileges) ------------------------------------------------------
+COMM = {"links": {"server0->server1": {"bytes": 1_000_000, "tensors": 10},
+                  "server1->server0": {"bytes": 500_000, "tensors": 5},
+                  "server2->server0": {"bytes": 700_000, "tensors": 3},
+                  "driver->server0": {"bytes": 100, "tensors": 1}},
+        "rounds": 30}
+
+
+def test_projection_adds_compute_rounds_and_busiest_link():
+    p = project(0.04, COMM, rate=12.5e6, rtt_s=0.04, overhead=1.0)
+    # star: server0's downlink carries 500k + 700k + 100 bytes, more than any other
+    assert p.busiest_link == "server0 down" and p.busiest_link_bytes == 1_200_100
+    assert p.latency_s == pytest.approx(30 * 0.04)
+    assert p.transfer_s == pytest.approx(1_200_100 / 12.5e6)
+    assert p.total_s == pytest.approx(0.04 + 1.2 + 1_200_100 / 12.5e6)
+    assert p.total_bytes == 2_200_100 and p.latency_lower_s == pytest.approx(0.6)
+    mesh = project(0.04, COMM, rate=12.5e6, rtt_s=0.04, topology="mesh", unshaped=["driver"])
+    assert mesh.busiest_link == "server0->server1"
+    assert mesh.transfer_s == pytest.approx(1e6 * 1514 / 1448 / 12.5e6)  # frame overhead
+    assert link_loads(COMM, unshaped=["driver"]).get("driver up") is None
+    unlimited = project(0.05, COMM, rate=None, rtt_s=0.0)
+    assert unlimited.total_s == 0.05 and unlimited.as_dict()["transfer_s"] == 0.0
+
+
+@pytest.mark.parametrize("comm, message", [
+    ({"links": {}}, "rounds"),
+    ({"links": {"server0": {"bytes": 1}}, "rounds": 1}, "sender->receiver"),
+    ({"links": {"a->b": {"bytes": 1.5}}, "rounds": 1}, "'bytes' must be an int"),
+    ({"links": [], "rounds": 1}, "comm must be a dict like"),
+])
+def test_projection_rejects_bad_traffic(comm, message):
+    with pytest.raises(ValueError, match=message):
+        project(0.1, comm, rate=1e6, rtt_s=0.01)
+    with pytest.raises(ValueError, match="topology"):
+        project(0.1, COMM, rate=1e6, rtt_s=0.01, topology="ring")
+
+
+# -- a cluster on a shaped network ---------------------------------------------------
+_NET_DRIVER = """
+import json, subprocess, sys
+from harness.tfe import activate
+activate()
+from harness.inference.evaluate import run
+from harness.net.cluster import Cluster
+from harness.net.netprofile import parse_network
+with Cluster(network=parse_network(sys.argv[1])) as cluster:
+    net = cluster.shaped
+    print(net.hosts.tag, flush=True)
+    listening = {w.name: subprocess.run(net.exec_prefix(w.name) + ["ss", "-ltnH"],
+                                        capture_output=True, text=True).stdout
+                 for w in cluster.managed}
+    summary = run("securenn", "cluster", batch=1, images=int(sys.argv[2]),
+                  cluster=cluster).summary()
+    print(json.dumps({"summary": summary, "hostmap": cluster.hostmap, "listening": listening,
+                      "network": net.describe(), "driver": cluster.driver_host()}), flush=True)
+"""
+
+
+@pytest.mark.cluster
+@pytest.mark.netns
+@pytest.mark.slow
+@needs_netns
+def test_securenn_prediction_on_a_shaped_network():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--", sys.executable, "-c",
+         _NET_DRIVER, "1gbit/1ms", "4"],
+        env=dict(ENV, TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    tag, result = out.strip().splitlines()[-2:]
+    result = json.loads(result)
+    assert result["summary"]["argmax_agreement"] == 1.0, result["summary"]
+    assert result["summary"]["images"] == 4
+    net = result["network"]
+    assert net["network"] == "1gbit/1ms" and net["qdisc"].startswith("tbf")
+    assert net["delay"] in ("emulated", "projected")
+    assert result["driver"] == net["driver_address"]
+    for player, address in result["hostmap"].items():
+        host, port = address.rsplit(":", 1)
+        assert host == net["addresses"][player] != "127.0.0.1"
+        # the worker listens on its namespace's address only, never on a wildcard
+        sockets = [line.split()[3].replace("[::ffff:", "").replace("]", "")
+                   for line in result["listening"][player].splitlines()]
+        assert sockets == [address], (player, result["listening"][player])
+    print(f"SecureNN batch 1 on {net['network']} ({net['delay']} delay): median "
+          f"{result['summary']['latency_ms_median']:.1f} ms, argmax agreement "
+          f"{result['summary']['argmax_agreement']}")
+    assert _nothing_left(tag), _ours(tag)

@@ -6,6 +6,10 @@ gRPC server, and stops them all on exit. ``Cluster.manual(FILE)`` uses workers
 started by hand from a hostmap file: it logs the command to run on each host,
 waits for them, and names those that never answered.
 
+``Cluster(network=parse_network("wan"))`` puts each player in a network namespace of
+its own with its own address, its link shaped to the profile (``harness.net.shaping``);
+the driver reaches them over a bridge, and ``stop()`` removes the network too.
+
 Workers never outlive the driver: ``stop()`` runs on normal exit, exceptions and
 Ctrl-C (context manager, ``atexit``); on SIGTERM/SIGKILL of the driver the
 workers see their parent vanish and exit by themselves (``--parent-pid``).
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from harness.net import bind
+from harness.net.netprofile import NetworkProfile
+from harness.net.shaping import ShapedNetwork
 from harness.names import PLAYERS
 from harness.net.worker import (EXIT_PORT_BUSY, INTRAOP_ENV, READY, listening_addresses,
                             load_hostmap, split_hostport)
@@ -112,7 +118,10 @@ class Cluster:
     start_timeout: float = 60.0
     threads: int = 1
     config_file: Path | None = None  # manual mode when set
+    network: NetworkProfile | None = None  # shaped: each player in a namespace of its own
     workers: list[Worker] = field(default_factory=list, init=False)
+    shaped: ShapedNetwork | None = field(default=None, init=False, repr=False)
+    _unpin: str | None = field(default=None, init=False, repr=False)
     _tmp: Path | None = field(default=None, init=False, repr=False)
     _config: Any = field(default=None, init=False, repr=False)
 
@@ -155,6 +164,9 @@ class Cluster:
         """Start (or, in manual mode, wait for) every worker; returns self."""
         if self.workers:
             return self
+        if self.network is not None and not self.auto_managed:
+            raise ClusterError("a shaped network needs an auto-managed cluster: drop the "
+                               "hostmap file or the network")
         _LIVE.add(self)
         try:
             if self.auto_managed:
@@ -171,9 +183,11 @@ class Cluster:
         env = {**bind.shim_env(self.host), INTRAOP_ENV: str(self.threads)}
         _remove_stale_tmp()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
+        if self.network is not None and self.network.shaped:
+            self.shaped = ShapedNetwork(self.network, self.players).start()
         for attempt in range(1, attempts + 1):
             ports = free_ports(self.host, len(self.players))
-            self.workers = [Worker(n, f"{self.host}:{p}", external=n in self.external)
+            self.workers = [Worker(n, f"{self._host(n)}:{p}", external=n in self.external)
                             for n, p in zip(self.players, ports)]
             config = self._tmp / "hostmap.json"
             config.write_text(json.dumps(self.hostmap, indent=2))
@@ -183,8 +197,9 @@ class Cluster:
                        "--threads", str(self.threads), "--parent-pid", str(os.getpid())]
                 with open(w.log_path, "wb") as log:
                     w.process = subprocess.Popen(
-                        cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                        env=env, start_new_session=True,
+                        self._prefix(w.name) + cmd, stdout=subprocess.PIPE, stderr=log,
+                        stdin=subprocess.DEVNULL, env={**env, bind.ENV: self._host(w.name)},
+                        start_new_session=True,
                     )
             busy = self._await_ready_lines()
             if not busy:
@@ -192,6 +207,13 @@ class Cluster:
             logger.info("ports taken meanwhile by others (%s); retry %d", busy, attempt)
             self._terminate()
         raise ClusterError(f"could not find free ports on {self.host} after {attempts} tries")
+
+    def _host(self, player: str) -> str:
+        """The address ``player``'s worker listens on: its namespace's, or ``host``."""
+        return self.shaped.address(player) if self.shaped is not None else self.host
+
+    def _prefix(self, player: str) -> list[str]:
+        return self.shaped.exec_prefix(player) if self.shaped is not None else []
 
     def _await_ready_lines(self) -> list[str]:
         """Wait for each worker's READY line; returns workers whose port got taken."""
@@ -288,6 +310,9 @@ class Cluster:
             self.start()
         self.check()
         host = self.driver_host()
+        if self.shaped is not None and bind.ENV in os.environ:  # under the shim, which reads
+            self._unpin = os.environ[bind.ENV]  # this at bind(): our server on the bridge only
+            os.environ[bind.ENV] = host
         if not (expose_driver or bind.active(host)):
             raise ClusterError(
                 f"this driver would listen for TensorFlow RPCs on every interface; run it "
@@ -363,6 +388,11 @@ class Cluster:
         """Stop every auto-managed worker and remove temporary files (idempotent)."""
         if self.auto_managed:
             self._terminate()
+        if self.shaped is not None:
+            self.shaped.stop()
+            self.shaped = None
+        if self._unpin is not None:
+            os.environ[bind.ENV], self._unpin = self._unpin, None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
