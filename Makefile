@@ -6,8 +6,8 @@ TF ?= 2.21
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-tf$(TF)
 PYTEST_ARGS ?=
-# pytest itself drives clusters: its TensorFlow server is pinned to loopback (harness.net.bind)
-PYTEST := $(PY) -m harness.net.bind 127.0.0.1 -- $(PY) -m pytest
+# plain pytest: the harness's plugin pins its own TensorFlow server to loopback
+PYTEST := $(VENV)/bin/pytest
 
 .PHONY: help install ops test bench report clean
 

@@ -19,19 +19,20 @@ def _batch(options) -> int:
     return max(options.batch_sizes)
 
 
-def test_accuracy(benchmark, models, recorder, protocol, deployment, test_split, options):
+def test_accuracy(benchmark, models, recorder, model, protocol, deployment, test_split, options):
     images, labels = test_split
     if deployment != "inprocess":
         images, labels = images[:CLUSTER_IMAGES], labels[:CLUSTER_IMAGES]
     batch = _batch(options)
-    model = models.private(protocol, deployment, batch)
+    name = model
+    model = models.private(name, protocol, deployment, batch)
     benchmark.group = "accuracy"
     progress = _progress(len(images), f"{protocol}/{deployment}")
     private, _ = benchmark.pedantic(timed_batches, args=(images, batch, model.predict, progress),
                                     rounds=1, iterations=1)
-    plain, _ = timed_batches(images, batch, models.plaintext(batch))
+    plain, _ = timed_batches(images, batch, models.plaintext(name, batch))
     agreement = metrics.compare(private, plain, labels)
-    row = {"protocol": protocol, "deployment": deployment, "batch": batch,
+    row = {"model": name, "protocol": protocol, "deployment": deployment, "batch": batch,
            **agreement.as_dict()}
     recorder.accuracy.append(row)
     benchmark.extra_info.update(row)

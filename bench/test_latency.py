@@ -34,37 +34,41 @@ def _median_s(fn, arg, rounds: int) -> float:
     return float(np.median(times))
 
 
-def test_plaintext_latency(benchmark, models, batch, test_split, options):
-    benchmark.group = f"plaintext-batch{batch}"
-    predict = models.plaintext(batch)
+def test_plaintext_latency(benchmark, models, model, batch, test_split, options):
+    benchmark.group = f"{model}-plaintext-batch{batch}"
+    predict = models.plaintext(model, batch)
     x = fill_batch(test_split[0], batch)
     predict(x)
-    benchmark.extra_info.update(kind="plaintext", batch=batch)
+    benchmark.extra_info.update(kind="plaintext", model=model, batch=batch)
     benchmark.pedantic(predict, args=(x,), rounds=_rounds(options, batch) * 3,
                        warmup_rounds=2, iterations=1)
 
 
-def test_private_latency(benchmark, models, clusters, recorder, protocol, deployment, batch,
-                         test_split, options):
-    benchmark.group = f"{protocol}-batch{batch}"
-    model = models.private(protocol, deployment, batch)
+def test_private_latency(benchmark, models, clusters, recorder, model, protocol, variant,
+                         deployment, batch, test_split, options):
+    benchmark.group = f"{model}-{protocol}-batch{batch}"
+    name = model
+    model = models.private(name, protocol, deployment, batch, variant)
     x = fill_batch(test_split[0], batch)
     rounds = _rounds(options, batch)
     benchmark.pedantic(model.predict, args=(x,), rounds=rounds, warmup_rounds=1, iterations=1)
     median_ms = benchmark.stats.stats.median * 1e3
-    plain_ms = _median_s(models.plaintext(batch), x, rounds * 3) * 1e3
+    plain_ms = _median_s(models.plaintext(name, batch), x, rounds * 3) * 1e3
     row = {
-        "protocol": protocol, "deployment": deployment, "batch": batch,
+        "model": name, "protocol": protocol, "variant": variant, "deployment": deployment,
+        "batch": batch,
         "median_ms": median_ms, "plaintext_median_ms": plain_ms,
         "private_over_plaintext": median_ms / plain_ms,
         "first_call_s": model.timing.first_call_s, "rounds": rounds,
     }
     inproc = next((r for r in recorder.latency if r["protocol"] == protocol
+                   and r["model"] == name and r["variant"] == variant
                    and r["batch"] == batch and r["deployment"] == "inprocess"), None)
     if deployment != "inprocess" and inproc is not None:
         row["over_inprocess"] = median_ms / inproc["median_ms"]
     cluster = clusters.cluster(deployment, protocol)
-    memory = {"protocol": protocol, "deployment": deployment, "batch": batch,
+    memory = {"model": name, "protocol": protocol, "variant": variant,
+              "deployment": deployment, "batch": batch,
               "driver_peak_rss_mb": peak_rss_mb()}
     if cluster is not None:
         before = cluster.traffic()
@@ -77,7 +81,8 @@ def test_private_latency(benchmark, models, clusters, recorder, protocol, deploy
         per_image = parties / (COMM_CALLS * batch)
         row["bytes_per_prediction"] = per_image
         recorder.communication.append({
-            "protocol": protocol, "deployment": deployment, "batch": batch,
+            "model": name, "protocol": protocol, "variant": variant,
+            "deployment": deployment, "batch": batch,
             "bytes_per_prediction": per_image,
             "bytes_per_batch": parties / COMM_CALLS,
             "driver_bytes_per_batch": driver / COMM_CALLS,
@@ -94,10 +99,11 @@ def test_private_latency(benchmark, models, clusters, recorder, protocol, deploy
 @pytest.mark.parametrize("protocol_", ["securenn"])
 def test_harness_overhead(benchmark, models, options, test_split, recorder, protocol_):
     """The harness's own cost: benchmarked ``predict`` vs a bare loop on the compiled step."""
-    if "inprocess" not in options.deployments or protocol_ not in options.protocols:
-        pytest.skip("needs the in-process securenn model")
+    if ("inprocess" not in options.deployments or protocol_ not in options.protocols
+            or "tutorial" not in options.models):
+        pytest.skip("needs the in-process securenn tutorial model")
     benchmark.group = "harness-overhead"
-    model = models.private(protocol_, "inprocess", 1)
+    model = models.private("tutorial", protocol_, "inprocess", 1)
     x = fill_batch(test_split[0], 1)
     rounds = _rounds(options, 1)
     const = tf.constant(x)

@@ -41,7 +41,9 @@ STEP_LINE = re.compile(r"answered in ([0-9.]+) ms")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "serving_protocol" in metafunc.fixturenames:
-        chosen = metafunc.config._harness_options.protocols  # type: ignore[attr-defined]
+        from harness.pytest_plugin import session_of  # noqa: PLC0415
+
+        chosen = session_of(metafunc.config).protocols
         metafunc.parametrize("serving_protocol",
                              [p for p in SERVING_PROTOCOLS if p in chosen], scope="module")
 

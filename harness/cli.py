@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Sequence
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.verbose:  # TensorFlow's C++ start-up lines (CUDA probing) only with -v
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if host is not None:
         bind.reexec(host, ["-m", "harness", *argv])  # returns only when already under the shim
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:

@@ -179,6 +179,7 @@ class PrivateModel:
         self.protocol_name = check_protocol(protocol)
         check_model(model, self.protocol_name)
         self.batch_size = int(model.layers[0].input_shape[0])
+        self.input_shape = tuple(int(d) for d in model.input_shape)
         self.cluster = cluster
         self.config = cluster.connect() if cluster is not None else tfe.LocalConfig(list(PLAYERS))
         self.variant = variant
@@ -205,6 +206,10 @@ class PrivateModel:
             return revealed[0]
 
         return step
+
+    def zeros(self) -> np.ndarray:
+        """A batch of zeros of the model's input shape (e.g. to trace the first call)."""
+        return np.zeros(self.input_shape, np.float32)
 
     def predict(self, images: Any) -> np.ndarray:
         """Private logits of one batch (exactly ``batch_size`` images)."""

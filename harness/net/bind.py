@@ -42,6 +42,24 @@ def reexec(bind: str, argv: Sequence[str], force: bool = False) -> None:
         os.execve(sys.executable, [sys.executable, *argv], shim_env(bind))
 
 
+def loopback_driver(bind: str = "127.0.0.1") -> None:
+    """For a script of your own that drives a cluster: call it first thing. It restarts
+    the script once under the shim (same interpreter, arguments and environment), so
+    the driver's TensorFlow server listens on ``bind`` only; under the shim it returns
+    at once. Raises RuntimeError if TensorFlow is already loaded (too late to restart
+    cleanly)."""
+    if active(bind):
+        return
+    if "tensorflow" in sys.modules:
+        raise RuntimeError(
+            "call harness.net.bind.loopback_driver() before TensorFlow is imported, or run "
+            f"the script as `python -m harness.net.bind {bind} -- python SCRIPT`")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    os.execve(sys.executable, [sys.executable, *argv[1:]], shim_env(bind))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[1] != "--":

@@ -103,7 +103,8 @@ _LIVE: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_all() -> None:
+def stop_all() -> None:
+    """Stop every cluster this process started (at exit, and on Ctrl-C)."""
     for cluster in list(_LIVE):
         cluster.stop()
 
@@ -181,6 +182,7 @@ class Cluster:
 
     def _start_auto(self, attempts: int = 3) -> None:
         env = {**bind.shim_env(self.host), INTRAOP_ENV: str(self.threads)}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # worker logs: our lines, not CUDA probing
         _remove_stale_tmp()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
         if self.network is not None and self.network.shaped:
@@ -315,9 +317,10 @@ class Cluster:
             os.environ[bind.ENV] = host
         if not (expose_driver or bind.active(host)):
             raise ClusterError(
-                f"this driver would listen for TensorFlow RPCs on every interface; run it "
-                f"with `python -m harness.net.bind {host} -- python ...` (the harness's own "
-                f"commands do), or pass expose_driver=True to accept that"
+                f"this driver would listen for TensorFlow RPCs on every interface: call "
+                f"harness.net.bind.loopback_driver({host!r}) at the top of your script, or run "
+                f"it as `python -m harness.net.bind {host} -- python SCRIPT` (pytest and the "
+                f"harness's commands do this themselves); expose_driver=True accepts the risk"
             )
         port = free_ports(host, 1)[0]
         # External players (a client) are left out: TensorFlow contacts every task it is
