@@ -3,7 +3,8 @@
 Groups are ``<protocol>-batch<B>`` so in-process and cluster runs of a protocol sit
 side by side; the plaintext Keras baseline of the same batch is in ``plaintext-batch<B>``.
 First-call (build + trace) time, the plaintext median measured in the same test,
-and the private/plaintext and cluster/in-process ratios go to ``extra_info``.
+and the private/plaintext and cluster/in-process ratios go to ``extra_info``. Cluster runs
+record the exact traffic of one prediction per link (``harness.inference.comm``).
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from harness.inference.comm import count_prediction
 from harness.inference.evaluate import fill_batch
 from harness.results.metrics import peak_rss_mb
-
-COMM_CALLS = 3
 
 
 def _rounds(options, batch: int) -> int:
@@ -71,24 +71,22 @@ def test_private_latency(benchmark, models, clusters, recorder, model, protocol,
               "deployment": deployment, "batch": batch,
               "driver_peak_rss_mb": peak_rss_mb()}
     if cluster is not None:
-        before = cluster.traffic()
-        for _ in range(COMM_CALLS):
-            model.predict(x)
-        after = cluster.traffic()
-        delta = {k: v - before.get(k, 0) for k, v in after.items()}
-        parties = sum(v for (src, dst), v in delta.items() if "driver" not in (src, dst))
-        driver = sum(v for (src, dst), v in delta.items() if "driver" in (src, dst))
-        per_image = parties / (COMM_CALLS * batch)
-        row["bytes_per_prediction"] = per_image
+        comm = count_prediction(model, x).as_dict()  # exact: one call's partition graphs
+        row["bytes_per_prediction"] = comm["party_bytes"] / batch
         recorder.communication.append({
             "model": name, "protocol": protocol, "variant": variant,
             "deployment": deployment, "batch": batch,
-            "bytes_per_prediction": per_image,
-            "bytes_per_batch": parties / COMM_CALLS,
-            "driver_bytes_per_batch": driver / COMM_CALLS,
-            "by_link_per_batch": {f"{s}->{d}": v / COMM_CALLS for (s, d), v in delta.items()},
-            "method": f"TCP bytes_sent of the sockets between worker processes (ss -tinp), "
-                      f"over {COMM_CALLS} calls; driver<->worker traffic listed separately",
+            "bytes_per_prediction": comm["party_bytes"] / batch,
+            "bytes_per_batch": comm["party_bytes"],
+            "tensors_per_batch": comm["party_tensors"],
+            "comm_rounds": comm["rounds"], "comm_data_rounds": comm["data_rounds"],
+            "links": comm["links"],  # per batch: {"a->b": {bytes, tensors, control_tensors}}
+            "by_link_per_batch": {k: v["bytes"] for k, v in comm["links"].items()},
+            "driver_bytes_per_batch": comm["driver_bytes"],
+            "driver_tensors_per_batch": comm["driver_tensors"],
+            "driver_links": comm["driver_links"],
+            "comm_rounds_with_driver": comm["rounds_with_driver"],
+            "method": comm["method"],
         })
         memory["workers_peak_rss_mb"] = cluster.peak_rss_mb()
     recorder.latency.append(row)
