@@ -44,7 +44,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from harness.results.report import compare  # noqa: PLC0415
+    from harness.results.compare import compare  # noqa: PLC0415
 
     print(compare(args.run_a, args.run_b, args.baseline), end="")
     return 0
@@ -68,7 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         served = run_serve(args.protocol, args.num_requests, config=args.config,
                            weights=args.weights, hostmap_out=args.hostmap_out,
-                           idle_timeout=args.idle_timeout, request_timeout=args.request_timeout)
+                           idle_timeout=args.idle_timeout, request_timeout=args.request_timeout,
+                           clients=args.clients, max_batch=args.max_batch,
+                           batch_window_ms=args.batch_window)
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -76,8 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from harness.inference.client import run_client  # noqa: PLC0415
-    from harness.inference.serving import ServingError  # noqa: PLC0415
+    from harness.inference.client_cli import run_client  # noqa: PLC0415
+    from harness.inference.serving_slots import ServingError  # noqa: PLC0415
 
     try:
         return run_client(args.config, args.image or [], repeat=args.repeat, as_json=args.json,
@@ -102,7 +104,16 @@ def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
                    help="stop after S seconds without a request (default: wait for ever)")
     p.add_argument("--request-timeout", type=float, default=10.0, metavar="S",
-                   help="give up on a client that does not collect its result within S s")
+                   help="after the last request, wait up to S s for clients to collect "
+                        "their results")
+    p.add_argument("--clients", type=int, default=None, metavar="K",
+                   help="client slots: up to K clients at once, more wait their turn "
+                        "(default: 4; with --config, the hostmap's slots)")
+    p.add_argument("--max-batch", type=int, default=1, metavar="B",
+                   help="answer up to B requests in one private prediction (default: 1)")
+    p.add_argument("--batch-window", type=float, default=20.0, metavar="MS",
+                   help="with --max-batch > 1: wait up to MS ms for a batch to fill "
+                        "(default: 20)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("client", help="request private predictions from a served model")
@@ -117,7 +128,8 @@ def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="give up on a request after S seconds")
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
-                   help="wait up to S seconds for the servers and the served model")
+                   help="wait up to S seconds for the servers, a free client slot and "
+                        "the served model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_client)
 
@@ -174,7 +186,7 @@ def _driver_bind(args: argparse.Namespace) -> str | None:
     loopback for an auto-managed cluster, else what ``driver_host_for`` picks for the
     hostmap; the client listens on its own slot."""
     if args.command == "client":
-        from harness.inference.client import client_bind_host  # noqa: PLC0415
+        from harness.inference.serving_slots import client_bind_host  # noqa: PLC0415
 
         return client_bind_host(args.config)
     if args.command == "serve":

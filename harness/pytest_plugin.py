@@ -214,6 +214,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The run's dimensions, for benchmarks (tests using ``benchmark``) that name them."""
+    if "benchmark" not in metafunc.fixturenames:
+        return
     opts = session_of(metafunc.config)
     # Only the protocol is session-scoped: pytest then runs the tests protocol by
     # protocol, and each protocol's models and cluster are freed before the next.
@@ -223,8 +226,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ("deployment", opts.deployments, None, None),
             ("network", opts.networks, None, [str(n) for n in opts.networks]),
             ("batch", opts.batch_sizes, None, [f"batch{b}" for b in opts.batch_sizes]))
+    own = {n.strip() for m in metafunc.definition.iter_markers("parametrize")
+           for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
     for name, values, scope, ids in dims:
-        if name in metafunc.fixturenames:
+        if name in metafunc.fixturenames and name not in own:
             metafunc.parametrize(name, values, scope=scope, ids=ids)
 
 

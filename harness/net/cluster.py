@@ -125,6 +125,7 @@ class Cluster:
     _unpin: str | None = field(default=None, init=False, repr=False)
     _tmp: Path | None = field(default=None, init=False, repr=False)
     _config: Any = field(default=None, init=False, repr=False)
+    driver_address: str | None = field(default=None, init=False)  # the driver's own TF server
 
     @classmethod
     def manual(cls, config_file: str | os.PathLike, start_timeout: float = 120.0,
@@ -328,6 +329,7 @@ class Cluster:
         tasks = {i: w.address for i, w in enumerate(self.workers) if not w.external}
         spec = tf.train.ClusterSpec({"tfe": tasks, "localhost": [f"{host}:{port}"]})
         tf.config.experimental_connect_to_cluster(spec, job_name="localhost", task_index=0)
+        self.driver_address = f"{host}:{port}"
         if not expose_driver and listening_addresses(port) - {host}:
             raise ClusterError(f"driver listens on {sorted(listening_addresses(port))}, "
                                f"expected only {host}")
