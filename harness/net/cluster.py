@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from harness.net import bind
+from harness.net.sockets import (driver_host_for, free_ports, grpc_answers,  # noqa: F401
+                                  proc_field as _proc_field, tcp_open as _tcp_open,
+                                  tcp_sockets as _tcp_sockets)
 from harness.net.netprofile import NetworkProfile
 from harness.net.shaping import ShapedNetwork
 from harness.names import PLAYERS
@@ -46,37 +49,10 @@ from harness.net.worker import (EXIT_PORT_BUSY, INTRAOP_ENV, READY, listening_ad
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 class ClusterError(RuntimeError):
     """A cluster could not be started, reached, or kept alive; names the workers."""
-
-
-def grpc_answers(address: str, timeout: float = 1.0) -> bool:
-    """True if a gRPC (HTTP/2) server answers at ``host:port``: it replies with SETTINGS."""
-    host, port = split_hostport(address)
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(_HTTP2_PREFACE)
-            head = sock.recv(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[3] == 0x04
-
-
-def free_ports(host: str, count: int) -> list[int]:
-    """``count`` distinct ports that were free on ``host`` a moment ago."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @dataclass
@@ -434,54 +410,3 @@ def _remove_stale_tmp() -> None:
         pid = folder.name[len(_TMP_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def driver_host_for(addresses: Iterable[str]) -> str:
-    """Loopback for workers on this machine, else the local address the kernel routes
-    towards the first worker (a UDP ``connect`` sends nothing)."""
-    hosts = [split_hostport(a)[0] for a in addresses]
-    if not hosts or set(hosts) <= {LOOPBACK, "localhost"}:
-        return LOOPBACK
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((hosts[0], 9))
-        return probe.getsockname()[0]
-
-
-def _proc_field(pid: int, table: str, key: str) -> int:
-    """An integer field of /proc/PID/{io,status} (kB for status sizes)."""
-    for line in Path(f"/proc/{pid}/{table}").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == key:
-            return int(value.split()[0])
-    raise KeyError(f"{key} not in /proc/{pid}/{table}")
-
-
-def _tcp_sockets() -> dict[str, tuple[int, str, int]]:
-    """Established TCP sockets: local address -> (owner pid, peer address, bytes sent)."""
-    if shutil.which("ss") is None:
-        raise ClusterError("measuring traffic needs `ss` (Debian package iproute2)")
-    out = subprocess.run(["ss", "-tinpHn", "state", "established"], capture_output=True,
-                         text=True, check=True).stdout
-    found: dict[str, tuple[int, str, int]] = {}
-    head: list[str] | None = None
-    for line in out.splitlines():
-        if not line.startswith(("\t", " ")):
-            head = line.split()
-            continue
-        if head is None or len(head) < 5 or "pid=" not in line + " ".join(head):
-            continue
-        pid = int(" ".join(head).split("pid=", 1)[1].split(",", 1)[0])
-        nbytes = next((int(f.split(":", 1)[1]) for f in line.split()
-                       if f.startswith("bytes_sent:")), 0)
-        found[head[2]] = (pid, head[3], nbytes)
-        head = None
-    return found
-
-
-def _tcp_open(address: str) -> bool:
-    host, port = split_hostport(address)
-    try:
-        socket.create_connection((host, port), timeout=1.0).close()
-    except OSError:
-        return False
-    return True

@@ -83,27 +83,17 @@ def port_is_free(addr: str, port: int) -> bool:
 
 
 def listening_addresses(port: int) -> set[str]:
-    """Local addresses with a TCP socket in LISTEN state on ``port`` (from /proc/net)."""
+    """Local addresses with a TCP socket in LISTEN state on ``port`` (this network
+    namespace; IPv4-mapped IPv6 addresses as IPv4, a wildcard as ``0.0.0.0``/``::``)."""
+    import psutil  # noqa: PLC0415
+
     found: set[str] = set()
-    for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
-        try:
-            with open(table, encoding="ascii") as fh:
-                rows = fh.readlines()[1:]
-        except OSError:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
             continue
-        for row in rows:
-            fields = row.split()
-            local, state = fields[1], fields[3]
-            hex_addr, hex_port = local.split(":")
-            if state != "0A" or int(hex_port, 16) != port:
-                continue
-            raw = bytes.fromhex(hex_addr)
-            if family == 4:
-                found.add(str(ipaddress.IPv4Address(raw[::-1])))
-            else:
-                words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-                v6 = ipaddress.IPv6Address(words)
-                found.add(str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6))
+        address = ipaddress.ip_address(conn.laddr.ip.split("%")[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        found.add(str(mapped or address))
     return found
 
 
