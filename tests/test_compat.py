@@ -53,7 +53,7 @@ def test_missing_compiler_fails_closed(tmp_path):
 
 
 def test_avgpool_reshape_path_runs_under_securenn():
-    """TFE-FACTS row 4: pool == strides and even H, W took the tf.Dimension path."""
+    """Port fix: pool == strides and even H, W took the tf.Dimension path."""
     import numpy as np
     import tensorflow as tf
 

@@ -174,7 +174,7 @@ def test_report_has_tables_and_anchors(tmp_path: Path, baseline_file: Path) -> N
                     "## Beside the papers"):
         assert heading in md
     # published figures are cited and marked theirs; nothing cites notes outside the repo
-    assert "theirs" in md and "petsymposium.org" in md and "TFE-FACTS" not in md
+    assert "theirs" in md and "petsymposium.org" in md and "team's notes" not in md
     # environment and options
     assert "| tf-encrypted | 0.9.1 |" in md and "| CPU | Test CPU |" in md
     assert "| option `quick` | True |" in md
