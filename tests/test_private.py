@@ -86,13 +86,13 @@ def test_unknown_protocol_names_the_choices():
         check_protocol("spdz")
 
 
-@pytest.mark.parametrize("layer", ["maxpool", "softmax", "batchnorm"])
+@pytest.mark.parametrize("layer", ["padded_maxpool", "softmax", "batchnorm"])
 def test_unsupported_layer_is_named(layer):
     import tf_keras as keras
 
     first = keras.layers.Conv2D(4, (3, 3), batch_input_shape=(1, 28, 28, 1))
     extra = {
-        "maxpool": keras.layers.MaxPooling2D((2, 2), name="the_pool"),
+        "padded_maxpool": keras.layers.MaxPooling2D((3, 3), padding="same", name="the_pool"),
         "softmax": keras.layers.Dense(10, activation="softmax", name="the_pool"),
         "batchnorm": keras.layers.BatchNormalization(name="the_pool"),
     }[layer]
@@ -102,13 +102,15 @@ def test_unsupported_layer_is_named(layer):
     assert "Supported" in str(err.value) or "supported" in str(err.value)
 
 
-def test_maxpool_is_refused_under_securenn_but_not_aby3():
+def test_maxpool_is_refused_under_pond_only():
+    """SecureNN max-pools through its own maxpool2d (harness.tfe.layers); Pond has none."""
     import tf_keras as keras
 
     model = keras.Sequential([keras.layers.Conv2D(4, (3, 3), batch_input_shape=(1, 28, 28, 1)),
                               keras.layers.MaxPooling2D((2, 2))])
     with pytest.raises(UnsupportedModelError, match="MaxPooling2D"):
-        check_model(model, "securenn")
+        check_model(model, "pond")
+    check_model(model, "securenn")
     check_model(model, "aby3")
 
 

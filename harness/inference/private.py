@@ -29,24 +29,28 @@ from harness.names import CLIENT, PLAYERS, SERVERS  # noqa: E402,F401  (re-expor
 
 from harness.names import PROTOCOLS as _PROTOCOL_NAMES  # noqa: E402
 from harness.tfe import protocols as _protocols  # noqa: E402
+from harness.inference.convert import check_ranges, layer_problem  # noqa: E402
 from harness.tfe.tracing import compile_step  # noqa: E402
 
 # name -> factory of the default (tuned) protocol instance
 PROTOCOLS: dict[str, Callable[[], Any]] = {
     name: functools.partial(_protocols.make, name) for name in _PROTOCOL_NAMES}
 
-# Keras layer classes tf-encrypted can share, per protocol (MaxPooling2D calls an
-# ABY3-only op under SecureNN/Pond; see TFE-FACTS.md).
+# Keras layer classes tf-encrypted can share, per protocol. Pond has no max pooling and
+# no relu_with_cmp (tf-encrypted's ReLU layer); SecureNN's max pooling runs through
+# harness.tfe.layers. harness.inference.models converts ReLU to Activation("relu").
 _COMMON_LAYERS = frozenset(
-    {"Conv2D", "Dense", "AveragePooling2D", "Activation", "ReLU", "Flatten", "Reshape",
-     "InputLayer"}
+    {"Conv2D", "Dense", "AveragePooling2D", "Activation", "Flatten", "Reshape", "InputLayer"}
 )
 SUPPORTED_LAYERS: dict[str, frozenset[str]] = {
     "pond": _COMMON_LAYERS,
-    "securenn": _COMMON_LAYERS,
-    "aby3": _COMMON_LAYERS | {"MaxPooling2D"},
+    "securenn": _COMMON_LAYERS | {"MaxPooling2D", "ReLU"},
+    "aby3": _COMMON_LAYERS | {"MaxPooling2D", "ReLU"},
 }
 SUPPORTED_ACTIVATIONS = frozenset({"relu", "linear"})
+# Layers harness.inference.models.load_model converts (folds, removes or rewrites).
+_CONVERTED = frozenset({"BatchNormalization", "ReLU", "Dropout", "SpatialDropout2D",
+                        "GaussianNoise", "GaussianDropout", "AlphaDropout"})
 
 
 from harness.errors import InputError, UnsupportedModelError  # noqa: E402,F401  (re-exported)
@@ -102,6 +106,8 @@ def check_model(model: tf.keras.Model, protocol: str) -> None:
             raise UnsupportedModelError(
                 f"Layer {layer.name!r} ({kind}) cannot be shared under {protocol}. "
                 f"Supported layers: {', '.join(sorted(supported - {'InputLayer'}))}."
+                + (" Load the model with harness.inference.models.load_model, which "
+                   f"converts {kind} for you." if kind in _CONVERTED else "")
             )
         activation = getattr(layer, "activation", None)
         act_name = getattr(activation, "__name__", None)
@@ -109,7 +115,12 @@ def check_model(model: tf.keras.Model, protocol: str) -> None:
             raise UnsupportedModelError(
                 f"Layer {layer.name!r} uses activation {act_name!r}; supported under "
                 f"{protocol}: {', '.join(sorted(SUPPORTED_ACTIVATIONS))}."
+                + (" A final softmax does not change the argmax: remove it and compare "
+                   "logits." if act_name == "softmax" else "")
             )
+        problem = layer_problem(layer)
+        if problem:
+            raise UnsupportedModelError(f"Layer {layer.name!r} ({kind}) {problem}")
     batch = model.layers[0].input_shape[0] if model.layers else None
     if batch is None:
         raise UnsupportedModelError(
@@ -131,16 +142,18 @@ def check_values(name: str, values: np.ndarray, fp: FixedPoint) -> None:
         )
 
 
-def check_images(images: Any, batch_size: int, fp: FixedPoint) -> np.ndarray:
-    """Validate a batch of images for the model; returns it as float32."""
+def check_images(images: Any, batch_size: int, fp: FixedPoint,
+                 input_shape: tuple[int, ...] = (28, 28, 1)) -> np.ndarray:
+    """Validate a batch of inputs for a model taking ``input_shape`` per example (the
+    tutorial's 28x28x1 unless given); returns it as float32."""
     arr = np.asarray(images)
     if arr.dtype.kind not in "fiu":
         raise InputError(f"Images must be numeric, got dtype {arr.dtype}.")
-    expected = (batch_size, 28, 28, 1)
+    expected = (batch_size, *(int(d) for d in input_shape))
     if arr.shape != expected:
         raise InputError(
-            f"Images must have shape {expected} (batch, height, width, channels), "
-            f"got {arr.shape}."
+            f"Images must have shape {expected} (a batch of {batch_size}, then the model's "
+            f"input shape {tuple(expected[1:])}), got {arr.shape}."
         )
     arr = arr.astype(np.float32)
     check_values("Image batch", arr, fp)
@@ -151,13 +164,13 @@ def activate(config: Any, protocol: str, model: tf.keras.Model, variant: str = "
              changes: Any = None) -> tuple[Any, FixedPoint]:
     """Make ``protocol`` (its ``variant``/``changes``, ``harness.tfe.protocols``)
     tf-encrypted's current one on ``config`` and check that the model's weights fit its
-    fixed-point range; returns the protocol and its encoding."""
+    fixed-point range (weights, and every layer's activations on a calibration batch,
+    ``convert.check_ranges``); returns the protocol and its encoding."""
     tfe.set_config(config)  # resets the protocol: config first
     instance = _protocols.make(protocol, variant, changes)
     tfe.set_protocol(instance)
     fixed_point = FixedPoint.of(instance)
-    for w in model.get_weights():
-        check_values("Model weights", w, fixed_point)
+    check_ranges(model, fixed_point, protocol)
     return instance, fixed_point
 
 
@@ -213,7 +226,7 @@ class PrivateModel:
 
     def predict(self, images: Any) -> np.ndarray:
         """Private logits of one batch (exactly ``batch_size`` images)."""
-        arr = check_images(images, self.batch_size, self.fixed_point)
+        arr = check_images(images, self.batch_size, self.fixed_point, self.input_shape[1:])
         first = np.isnan(self.timing.first_call_s)
         if first:  # tracing uses tf-encrypted's global config and protocol: make them ours
             tfe.set_config(self.config)

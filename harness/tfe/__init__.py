@@ -64,7 +64,7 @@ def activate() -> ModuleType:
             "tf_encrypted was imported before the harness could patch it. "
             "Call `harness.tfe.activate()` first (it imports tf_encrypted for you)."
         )
-    from harness.tfe import ports, security, speed  # noqa: PLC0415
+    from harness.tfe import layers, ports, security, speed  # noqa: PLC0415
 
     check_versions()
     ports.select_legacy_keras()
@@ -73,6 +73,7 @@ def activate() -> ModuleType:
     with ports.quiet_unbuilt_op_loaders():
         import tf_encrypted as tfe  # noqa: PLC0415
     ports.apply_imported()
+    layers.apply_imported()
     security.apply_imported()
     speed.apply_imported()
     _active = tfe
