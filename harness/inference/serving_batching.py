@@ -1,0 +1,99 @@
+"""Dynamic batching: when the owner starts a batch, and how committed requests become rows.
+
+``BatchWindow`` decides when to run: at once when ``max_batch`` requests wait (or as
+many as are still wanted), else when the oldest waiting request the owner has seen has
+waited ``window`` seconds. A request committed while a batch runs therefore starts at
+most one batch plus one window after it was committed, and is answered one batch later.
+
+``plan_batch`` turns the commits the owner dequeued - ``(request id, slot)`` pairs - into
+the step's arguments: rows ordered by slot (commit order within a slot), per-slot
+counts, and the ids padded to the compiled batch size. Commits with a slot the session
+does not have, or an id that cannot be a client's, are refused here and never reach
+the servers' step.
+
+Who can derive what: the owner handles only request ids (random numbers the clients
+drew) and slot numbers; nothing here touches a share. This module does not import
+TensorFlow.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class BatchWindow:
+    """The owner's gathering rule (``max_batch`` B, ``window`` in seconds)."""
+
+    max_batch: int = 1
+    window: float = 0.0
+    _first_seen: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("--max-batch must be >= 1")
+        if self.window < 0:
+            raise ValueError("--batch-window must be >= 0 ms")
+
+    def take(self, waiting: int, now: float, wanted: int | None = None) -> int:
+        """How many of ``waiting`` committed requests to batch now (0: keep gathering).
+        ``wanted``: how many more requests the owner will answer at all."""
+        limit = self.max_batch if wanted is None else min(self.max_batch, wanted)
+        if waiting <= 0 or limit <= 0:
+            self._first_seen = None
+            return 0
+        if self._first_seen is None:
+            self._first_seen = now
+        if waiting >= limit or now - self._first_seen >= self.window:
+            self._first_seen = None
+            return min(waiting, limit)
+        return 0
+
+
+def step_size(n: int, sizes: Sequence[int]) -> int:
+    """The smallest compiled batch size that holds ``n`` rows."""
+    ordered = sorted(sizes)
+    at = bisect.bisect_left(ordered, n)
+    if at == len(ordered):
+        raise ValueError(f"{n} rows exceed the largest compiled batch {ordered[-1]}")
+    return ordered[at]
+
+
+def compiled_sizes(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes the owner compiles: 1 (a lone request is not padded) and B."""
+    return tuple(sorted({1, max_batch}))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    rids: np.ndarray                  # [size] int64, rows by slot; padding rows are 0
+    counts: np.ndarray                # [slots] int32
+    rows: tuple[tuple[int, int], ...]  # (rid, slot) of each real row, in row order
+    refused: tuple[tuple[int, int], ...]  # malformed commits: (rid, slot)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+
+def plan_batch(rids: Sequence[int], slots: Sequence[int], n_slots: int,
+               size: int | None = None) -> BatchPlan:
+    """Rows for the step from dequeued commits; ``size``: the compiled batch (default:
+    exactly the accepted rows)."""
+    rows, refused = [], []
+    for rid, slot in zip((int(r) for r in rids), (int(s) for s in slots)):
+        if 0 <= slot < n_slots and rid >= 1:
+            rows.append((rid, slot))
+        else:
+            refused.append((rid, slot))
+    rows.sort(key=lambda row: row[1])  # stable: commit order within a slot
+    size = len(rows) if size is None else size
+    if len(rows) > size:
+        raise ValueError(f"{len(rows)} requests do not fit a batch of {size}")
+    ids = np.zeros(size, np.int64)
+    ids[:len(rows)] = [rid for rid, _ in rows]
+    counts = np.bincount([slot for _, slot in rows], minlength=n_slots).astype(np.int32)
+    return BatchPlan(ids, counts, tuple(rows), tuple(refused))
