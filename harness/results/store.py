@@ -76,6 +76,7 @@ class Recorder:
     communication: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
     cluster: list[dict[str, Any]] = field(default_factory=list)
+    serving_load: list[dict[str, Any]] = field(default_factory=list)  # bench/test_serving_load
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -87,11 +88,12 @@ class Recorder:
             "communication": self.communication,
             "memory": self.memory,
             "cluster": self.cluster,
+            "serving_load": self.serving_load,
         }
 
     def empty(self) -> bool:
         return not any((self.accuracy, self.latency, self.communication, self.memory,
-                        self.cluster))
+                        self.cluster, self.serving_load))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
