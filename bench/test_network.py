@@ -1,0 +1,182 @@
+"""Private prediction on shaped networks: emulated latency next to projected latency.
+
+For each protocol and shaped network of ``--network`` (e.g. ``--network lan,wan``; the
+tests are left out without it) a driver subprocess starts
+``Cluster(network=profile)`` (players in namespaces, links shaped with tc) and predicts
+one digit per request; the benchmark times those requests (group
+``network-<profile>``). The same protocol on a loopback cluster, measured in the same
+run, gives the compute time, and ``harness.inference.comm`` the exact bytes per link
+and rounds of one prediction (the driver's transfers included: it feeds the input
+and takes the result), from which ``harness.results.projection`` projects the latency
+on the profile.
+
+Drivers run in subprocesses so that this process's TensorFlow context (and the
+clusters of the other benchmarks) stay untouched. A figure says whether its delay
+was emulated (netem) or projected (no sch_netem: the emulated run has the rate
+limit only, and ``rounds x RTT`` is added by the model).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.net.netprofile import LOOPBACK
+from harness.net.shaping import ShapedNetwork
+from harness.results.projection import project
+
+pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+CALLS = 3  # predictions whose traffic is averaged on loopback
+
+_DRIVER = """
+import json, sys
+from harness.tfe import activate
+activate()
+import numpy as np
+from harness.inference.data import load_mnist
+from harness.inference.private import PrivateModel
+from harness.net.cluster import Cluster
+from harness.net.netprofile import parse_network
+from models.conv_mnist import load_model
+
+protocol, network, calls = sys.argv[1], parse_network(sys.argv[2]), int(sys.argv[3])
+x = load_mnist().x_test[:1]
+with Cluster(network=network) as cluster:
+    model = PrivateModel(load_model(batch_size=1), protocol, cluster=cluster)
+    model.predict(x)
+    info = {"first_call_s": model.timing.first_call_s,
+            "network": cluster.shaped.describe() if cluster.shaped else None}
+    if cluster.shaped is None:  # loopback: every socket is visible from here
+        before = cluster.traffic()
+        for _ in range(calls):
+            model.predict(x)
+        after = cluster.traffic()
+        info["socket_bytes"] = sum(n - before.get(k, 0) for k, n in after.items()) // calls
+        from harness.inference.comm import count_prediction
+        counted = count_prediction(model, x).as_dict()
+        info["links"] = {**counted["links"], **counted["driver_links"]}
+        info["rounds"] = counted["rounds_with_driver"]
+        info["party_rounds"] = counted["rounds"]
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "predict":
+            break
+        model.predict(x)
+        print("ok", flush=True)
+"""
+
+
+class RemoteDriver:
+    """A driver subprocess with its own cluster; ``predict()`` runs one private prediction."""
+
+    def __init__(self, protocol: str, network: str):
+        self._log = tempfile.TemporaryFile()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--", sys.executable,
+             "-c", _DRIVER, protocol, network, str(CALLS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
+        self.info = json.loads(self._line())
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self._log.seek(0)
+            lines = self._log.read().decode(errors="replace").strip().splitlines()
+            tail = [ln for ln in lines if not ln[:1] in "IWE" or not ln[1:5].isdigit()][-15:]
+            raise RuntimeError(f"driver exited with {self.proc.returncode}:\n" + "\n".join(tail))
+        return line
+
+    def predict(self) -> None:
+        self.proc.stdin.write("predict\n")
+        self.proc.stdin.flush()
+        assert self._line().strip() == "ok"
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def loopback():
+    """Per protocol: the loopback median (s) and the traffic of one prediction."""
+    measured: dict[str, dict] = {}
+
+    def get(protocol: str, rounds: int) -> dict:
+        if protocol not in measured:
+            driver = RemoteDriver(protocol, LOOPBACK.name)
+            try:
+                times = _timed(driver.predict, rounds)
+            finally:
+                driver.close()
+            measured[protocol] = {**driver.info, "median_s": sorted(times)[len(times) // 2]}
+        return measured[protocol]
+
+    return get
+
+
+def _timed(fn, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def test_network_latency(benchmark, protocol, network, loopback, options):
+    ok, reason = ShapedNetwork.available()
+    if not ok:
+        pytest.skip(f"shaped networks: {reason}")
+    if not network.shaped:
+        pytest.skip("loopback is the reference every shaped network is compared with")
+    if protocol == "pond":
+        pytest.skip("pond: the papers' network settings are for SecureNN and ABY3")
+    rounds = 5 if options.quick else 15
+    benchmark.group = f"network-{network.name}"
+    base = loopback(protocol, rounds)
+    driver = RemoteDriver(protocol, network.name)
+    try:
+        benchmark.pedantic(driver.predict, rounds=rounds, warmup_rounds=1, iterations=1)
+    finally:
+        driver.close()
+    emulated_s = benchmark.stats.stats.median
+    described = driver.info["network"]
+    comm = {"links": base["links"], "rounds": base["rounds"]}
+    projection = project(base["median_s"], comm, network.rate, network.rtt,
+                         unshaped=["driver"])
+    row = {
+        "protocol": protocol, "batch": 1, "network": network.name,
+        "rate_bytes_per_s": network.rate, "rtt_s": network.rtt,
+        "delay": described["delay"], "qdisc": described["qdisc"],
+        "emulated_ms": emulated_s * 1e3,
+        "loopback_ms": base["median_s"] * 1e3,
+        "projected_ms": projection.total_s * 1e3,
+        "projected_without_rtt_ms": (projection.compute_s + projection.transfer_s) * 1e3,
+        "projection": projection.as_dict(),
+        "party_rounds": base["party_rounds"],
+        "loopback_socket_bytes": base["socket_bytes"],
+    }
+    if described["delay"] == "projected":
+        row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
+    benchmark.extra_info.update(row)
+    print(f"\n{protocol} b1 {network.name}: emulated {row['emulated_ms']:.1f} ms "
+          f"(delay {row['delay']}), loopback {row['loopback_ms']:.1f} ms, projected "
+          f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "
+          f"{projection.latency_s * 1e3:.1f} ms, busiest link {projection.busiest_link} "
+          f"{projection.busiest_link_bytes} B = {projection.transfer_s * 1e3:.1f} ms)")
