@@ -19,13 +19,14 @@ import psutil
 import pytest
 
 from harness.net.cluster import Cluster, ClusterError, grpc_answers
+from harness.net.procs import child_env, still_running
 from harness.inference.private import PLAYERS
 from harness.net.worker import EXIT_PORT_BUSY, listening_addresses, split_hostport
 
 pytestmark = [pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+ENV = child_env()
 
 DRIVER = textwrap.dedent("""
     import json, signal, sys, time
@@ -45,16 +46,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _gone(pids: list[int], within: float = 15.0) -> list[int]:
-    """PIDs still running after ``within`` seconds (zombies count as gone)."""
-    deadline = time.monotonic() + within
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if alive:
-            time.sleep(0.2)
-    return alive
+_gone = still_running
 
 
 def _start_driver(mode: str) -> tuple[subprocess.Popen, list[int]]:

@@ -11,9 +11,10 @@ from tf_encrypted.operations import aux, secure_random
 
 import harness.tfe.aux as our_aux
 import harness.tfe.secure_random as our_random
+from harness.net.procs import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+ENV = child_env()
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.net.procs import child_env
+
 from harness.inference.private import PLAYERS
 from harness.net.worker import READY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns]
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+ENV = child_env()
 PORT = 4000  # the same port on every host: they really are separate hosts
 
 

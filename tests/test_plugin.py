@@ -102,3 +102,52 @@ def test_plain_pytest_driver_listens_on_loopback_only(tmp_path):
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout
+
+
+@pytest.mark.cluster
+def test_ctrl_c_stops_a_plain_pytest_run_within_seconds(tmp_path):
+    """Ctrl-C while a benchmark-like loop keeps TensorFlow busy on a cluster: pytest ends
+    within seconds (the watchdog stops the workers) and no worker is left."""
+    import signal
+    import time
+
+    from harness.net.procs import running_workers
+
+    marker = tmp_path / "busy"
+    (tmp_path / "test_busy.py").write_text(textwrap.dedent(f"""
+        import pathlib
+        import numpy as np
+        from harness.inference.private import PrivateModel
+        from models.conv_mnist import load_model
+
+        def test_busy(cluster):
+            model = PrivateModel(load_model(batch_size=8), "securenn", cluster=cluster)
+            x = np.zeros((8, 28, 28, 1), np.float32)
+            model.predict(x)
+            pathlib.Path({str(marker)!r}).write_text("busy")
+            for _ in range(100000):
+                model.predict(x)
+    """))
+    (tmp_path / "conftest.py").write_text("from harness.tfe import activate\nactivate()\n")
+    proc = subprocess.Popen([str(PYTEST), "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env={**ENV, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 400
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert marker.exists(), f"never got busy: {proc.communicate(timeout=30)[0][-3000:]}"
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"pytest stopped {took:.2f} s after Ctrl-C")
+    assert took < 15, f"pytest took {took:.1f} s to stop after Ctrl-C"
+    assert proc.returncode != 0
+    assert not running_workers(proc.pid)

@@ -642,17 +642,10 @@ def test_library_multiplication_wraps_silently(subject):
 # 6. On a real cluster (separate process; see sharing_helpers)
 # ----------------------------------------------------------------------------------
 def _alive_workers(pids, parent_pid):
-    alive = []
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"harness.net.worker" in cmdline:
-            alive.append(pid)
-    ours = subprocess.run(["pgrep", "-f", f"harness.net.worker .*--parent-pid {parent_pid}"],
-                          capture_output=True, text=True).stdout.split()
-    return sorted(set(alive) | {int(p) for p in ours})
+    from harness.net.procs import running_workers, still_running  # noqa: PLC0415
+
+    return sorted(set(still_running(pids, within=0))
+                  | {int(w.split(":")[0]) for w in running_workers(parent_pid)})
 
 
 @pytest.fixture(scope="module")
@@ -665,7 +658,9 @@ def cluster_run(request):
     fps = {name: sh.build_subject(name).fp for name in names}
     cases = sh.cluster_cases(fps, MUL_BOUND)
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
+    from harness.net.procs import child_env  # noqa: PLC0415
+
+    env = child_env()
     # The driver runs its own TensorFlow server: pin it to loopback with the bind shim,
     # like the harness's commands do (Cluster.connect refuses otherwise).
     cmd = [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--",
