@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints/tf-$(TF).txt
 install: $(STAMP)
 
 ops: $(STAMP)
-	$(PY) -m harness.tfe.ops.build
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m harness.tfe.ops
 
 test: ops
 	$(PYTEST) tests $(PYTEST_ARGS)

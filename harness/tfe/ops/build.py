@@ -122,7 +122,7 @@ def load() -> types.ModuleType:
             except (tf.errors.OpError, OSError) as exc:
                 raise OpsUnavailableError(
                     f"loading {path} failed: {exc}; delete the cache folder "
-                    f"{path.parent} and rebuild (python -m harness.tfe.ops.build)"
+                    f"{path.parent} and rebuild (python -m harness.tfe.ops)"
                 ) from exc
             _module_path = path
             logger.info("loaded harness ops from %s", path)
