@@ -105,14 +105,9 @@ class Models:
 
     def keras(self, model: str, batch: int) -> Any:
         if (model, batch) not in self._keras:
-            from models import zoo  # noqa: PLC0415
+            from harness.inference.models import load_model  # noqa: PLC0415
 
-            if model in zoo.names():
-                self._keras[(model, batch)] = zoo.load(model, batch_size=batch)
-            else:  # a model file: read and converted by the inference layer
-                from harness.inference.models import load_model  # noqa: PLC0415
-
-                self._keras[(model, batch)] = load_model(model, batch)
+            self._keras[(model, batch)] = load_model(model, batch)
         return self._keras[(model, batch)]
 
     def plaintext(self, model: str, batch: int) -> Any:
