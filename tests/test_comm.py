@@ -228,6 +228,14 @@ def _driver() -> None:
             with tf.device(server1):
                 return w * 2.0
 
+        @tf.function
+        def two_outputs(v):
+            with tf.device(server0):
+                w = v + 1.0
+            with tf.device(server1):
+                return w, w * 2.0
+
+        report["plain"] = summary(comm.count(two_outputs, values, players=players))
         for name, fn in (("control_flow", loop), ("dynamic_shape", dynamic)):
             try:
                 comm.count(fn, values, players=players)
@@ -285,6 +293,18 @@ def test_pair_keys_save_what_the_hand_computation_says(measured):
     # stock sends a second input seed and the four mask shares and one product share
     # in full; tuned sends two producer keys instead
     assert stock - tuned == KEY + 2 * (B * K + K * M) * RING + B * M * RING - 2 * KEY
+
+
+def test_plain_function_with_two_results(measured):
+    """Plain TensorFlow, no protocol: the driver's input goes to server0 (N x 4 B), w to
+    server1 (N x 4 B); each result reaches the driver once, whether TensorFlow moves it
+    inside the call or the driver fetches it afterwards. Chain: driver -> server0 ->
+    server1 -> driver."""
+    links = _links(("server0", "server1", N * FLOAT, 1, 0))
+    driver = _links(("driver", "server0", N * FLOAT, 1, 0), ("server0", "driver", N * FLOAT, 1, 0),
+                    ("server1", "driver", N * FLOAT, 1, 0))
+    assert measured["plain"] == _summary(links, driver, rounds=1, data_rounds=1,
+                                         rounds_with_driver=3)
 
 
 def test_refuses_what_it_cannot_count_exactly(measured):

@@ -32,7 +32,7 @@ import inspect
 import math
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from harness.tfe import activate as _activate_tfe
@@ -97,7 +97,6 @@ class Communication:
     rounds: int  # longest chain of dependent party -> party transfers
     data_rounds: int  # the same, not counting control transfers as rounds
     rounds_with_driver: int  # the longest chain counting transfers to/from the driver too
-    devices: list[str] = field(default_factory=list)
 
     def links(self, party: bool = True) -> dict[str, dict[str, int]]:
         """``{"a->b": {"bytes", "tensors", "control_tensors"}}``, sorted by link."""
@@ -238,7 +237,11 @@ def _sent_tensor(send: Any, partition: dict[str, Any], shapes: tf.Graph,
     if name not in optimised or optimised[name].op != producer.op:
         raise CommError(f"send {send.name!r}: producer {name!r} ({producer.op}) is not in "
                         "the optimised function graph, its size is unknown")
-    shape = shapes.get_operation_by_name(name).outputs[int(slot or 0)].shape
+    output = shapes.get_operation_by_name(name).outputs[int(slot or 0)]
+    shape = output.shape
+    if output.dtype != dtype:
+        raise CommError(f"send {send.name!r} sends {dtype.name} but {ref!r} is "
+                        f"{output.dtype.name}: not the tensor the graph says")
     if not shape.is_fully_defined():
         raise CommError(f"send {send.name!r}: {ref!r} has no static shape ({shape}); "
                         "fix the batch size and input shapes")
@@ -291,6 +294,7 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         odd = sorted(sends.keys() ^ recvs.keys())[:3]
         raise CommError(f"sends and receives do not pair up, e.g. {odd}")
 
+    by_name = [{n.name: n for n in graph.node} for graph in partitions]
     transfers: list[Transfer] = []
     # node -> [(next node, (party, party data, any cross-task) transfers on the edge)]
     edges: dict[tuple[int, str], list[tuple[tuple[int, str], tuple[int, ...]]]] = defaultdict(list)
@@ -302,8 +306,7 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         src_dev, dst_dev, tensor = key
         weights = (0, 0, 0)
         if _task(src_dev) != _task(dst_dev):
-            local = {n.name: n for n in partitions[s_index].node}
-            dtype, shape, control = _sent_tensor(send, local, shapes, optimised)
+            dtype, shape, control = _sent_tensor(send, by_name[s_index], shapes, optimised)
             transfers.append(Transfer(
                 player_of(src_dev, players), player_of(dst_dev, players), tensor,
                 send.input[0], dtype.name, shape,
@@ -313,8 +316,9 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         edges[(s_index, send.name)].append(((r_index, recv.name), weights))
 
     chains = _longest_chains(nodes, edges)
-    anyone = {k: v[2] for k, v in chains.items()}
-    with_driver = max(anyone.values(), default=0)
+    with_driver = max((v[2] for v in chains.values()), default=0)
+    # partitions renumber their _Retval nodes; the optimised graph has the call's order
+    retvals = {n.attr["index"].i: n.name for n in optimised.values() if n.op == "_Retval"}
     for i, out in enumerate(outputs):  # results left on a worker: the driver fetches them
         device = getattr(out, "device", "") or ""
         if not device or player_of(device, players) == DRIVER:
@@ -323,13 +327,12 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         transfers.append(Transfer(player_of(device, players), DRIVER, f"fetch:{i}",
                                   f"output:{i}", dtype.name, shape,
                                   _nbytes(dtype, shape, f"output {i}")))
-        retvals = [k for k, v in nodes.items() if v.op == "_Retval" and v.attr["index"].i == i]
-        if len(retvals) != 1:
-            raise CommError(f"output {i}: {len(retvals)} _Retval nodes, expected 1")
-        with_driver = max(with_driver, anyone[retvals[0]] + 1)
-    devices = sorted({n.device for n in nodes.values() if n.device})
+        where = [k for k in nodes if k[1] == retvals.get(i)]
+        if len(where) != 1:
+            raise CommError(f"output {i}: {len(where)} _Retval nodes for it, expected 1")
+        with_driver = max(with_driver, chains[where[0]][2] + 1)
     return Communication(transfers, max((v[0] for v in chains.values()), default=0),
-                         max((v[1] for v in chains.values()), default=0), with_driver, devices)
+                         max((v[1] for v in chains.values()), default=0), with_driver)
 
 
 def _longest_chains(nodes: dict, edges: dict) -> dict[Any, tuple[int, ...]]:
