@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,8 @@ def test_unprivileged_user_gets_a_reason():
         assert not ok and "root" in reason
         return
     # as root: ask a nobody subprocess (no user namespace) what it can do
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (Debian package util-linux) to drop privileges")
     code = ("from harness.net.shaping import ShapedNetwork; "
             "print(repr(ShapedNetwork.available()))")
     out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
