@@ -29,6 +29,15 @@ CHANGES: dict[str, Change] = {c.name: c for c in (
     Change("compare-on-server0", ("securenn",),
            "private compare's public constant is shared from server0: the driver takes "
            "no part in the protocol"),
+    Change("fused-compare", ("securenn",),
+           "SecureNN private compare: each server's part as one C++ kernel on small "
+           "integers, server2's zero search as another (was ~40 int64 ops + floormod)"),
+    Change("ring-conv", ("pond", "securenn"),
+           "local int64 convolutions on shares as one direct C++ kernel instead of "
+           "transposes + extract_image_patches + int64 matmul"),
+    Change("dealer-relu", ("securenn",),
+           "SecureNN ReLU in 4 rounds / 6 transfers (was ~8 / 22): masks from pair keys, "
+           "x's Beaver opening rides with c's, server2 shares t = beta' xor lsb(r) and t*a"),
 )}
 
 
@@ -72,15 +81,21 @@ def apply_imported() -> None:
     """Install the gated replacements (they do nothing for stock instances)."""
     from tf_encrypted.protocol.pond import pond  # noqa: PLC0415
     from tf_encrypted.protocol.securenn import securenn  # noqa: PLC0415
+    from tf_encrypted.tensor import native  # noqa: PLC0415
 
     from harness.tfe.patching import replace  # noqa: PLC0415
-    from harness.tfe.speed import compare, triples, wire  # noqa: PLC0415
+    from harness.tfe.speed import (compare, dealer_relu, fused_compare,  # noqa: PLC0415
+                                   ring_conv, triples, wire)
 
     replace(pond.Pond, "_share", gated("pair-keys", triples.pond_share), wrap=True)
     replace(pond.Pond, "_reconstruct", gated("narrow-wire", wire.reconstruct), wrap=True)
-    replace(securenn, "_private_compare",
-            gated("compare-on-server0", compare.private_compare_on_server0), wrap=True)
+    replace(securenn, "_private_compare",  # fused-compare, else compare-on-server0, else stock
+            lambda stock: gated("fused-compare", fused_compare.private_compare)(
+                gated("compare-on-server0", compare.private_compare_on_server0)(stock)),
+            wrap=True)
     compare.remember_original(securenn)
+    ring_conv.install(native)
+    dealer_relu.install(securenn)
 
 
 def configure(prot: Any, protocol: str, changes: frozenset[str]) -> Any:

@@ -1,0 +1,367 @@
+// Fused party-local steps of SecureNN's most-significant-bit protocol (the
+// private compare of Wagh et al., tf-encrypted's securenn._private_compare and
+// _lsb_private). Each op computes on one party exactly the field elements that
+// tf-encrypted computes there with a chain of int64 TensorFlow ops followed by
+// floormod, in one pass and on small integers. Prime-field values are
+// canonical residues in [0, modulus), modulus < 2^15; bit j of an int64 is
+// numbered from the least significant (j = 0), L = 64 bits per value.
+//
+//   HarnessCompareShare(x_bits, r, beta, edge, mask)  party `party`'s share of
+//       the masked comparison vector c * mask (x_bits: its share of the bits of
+//       x, [..., L]; r: the public revealed value, int64 [...]; beta: the public
+//       random bit, [...]; edge: its share of the edge-case vector, [L];
+//       mask: the public nonzero mask, [..., L]).
+//   HarnessZeroCount(c0, c1)   number of j with c0[..., j] + c1[..., j] = 0
+//       (mod modulus), as int64 [...].
+//   HarnessBitsSub(r, u)       bit j of r minus u[..., j] (mod modulus).
+
+#include <cstdint>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace harness_ops {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+namespace errors = ::tensorflow::errors;
+
+constexpr int kBits = 64;
+constexpr int64_t kMaxModulus = 1 << 15;
+
+// Residue of v modulo the field size, in [0, modulus). kP > 0 fixes the
+// modulus at compile time (the division becomes a multiplication).
+template <int kP>
+struct Field {
+  int32_t p;
+  explicit Field(int32_t modulus) : p(kP > 0 ? kP : modulus) {}
+  int32_t Mod(int64_t v) const {
+    const int32_t m = kP > 0 ? kP : p;
+    int64_t r = v % m;
+    return static_cast<int32_t>(r < 0 ? r + m : r);
+  }
+  // a, b in [0, p): products stay far below 2^31.
+  int32_t Mul(int32_t a, int32_t b) const { return Mod(a * b); }
+};
+
+absl::Status ReadModulus(OpKernelConstruction* ctx, int32_t* modulus) {
+  int64_t m = 0;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("modulus", &m));
+  if (m < 2 || m >= kMaxModulus) {
+    return errors::InvalidArgument("modulus must be in [2, 2^15), got ", m);
+  }
+  *modulus = static_cast<int32_t>(m);
+  return absl::OkStatus();
+}
+
+// [..., L] with the given leading shape.
+TensorShape WithBits(const TensorShape& lead) {
+  TensorShape out = lead;
+  out.AddDim(kBits);
+  return out;
+}
+
+absl::Status CheckBitsShape(const char* what, const Tensor& t,
+                            const TensorShape& lead) {
+  if (t.shape() != WithBits(lead)) {
+    return errors::InvalidArgument(what, " must have shape ",
+                                   WithBits(lead).DebugString(), ", got ",
+                                   t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+// Shape function: output = input `like` (index) with `extra` appended if >= 0.
+absl::Status SameAsInput(InferenceContext* c, int like) {
+  c->set_output(0, c->input(like));
+  return absl::OkStatus();
+}
+
+absl::Status DropBits(InferenceContext* c) {
+  ShapeHandle in = c->input(0);
+  if (!c->RankKnown(in)) {
+    c->set_output(0, c->UnknownShape());
+    return absl::OkStatus();
+  }
+  ShapeHandle out;
+  TF_RETURN_IF_ERROR(c->Subshape(in, 0, -1, &out));
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
+absl::Status AddBits(InferenceContext* c) {
+  ShapeHandle out;
+  TF_RETURN_IF_ERROR(c->Concatenate(c->input(0), c->Vector(kBits), &out));
+  c->set_output(0, out);
+  return absl::OkStatus();
+}
+
+REGISTER_OP("HarnessCompareShare")
+    .Input("x_bits: T")
+    .Input("r: int64")
+    .Input("beta: Tbeta")
+    .Input("edge: T")
+    .Input("mask: Tmask")
+    .Output("c_masked: Tout")
+    .Attr("party: int")
+    .Attr("modulus: int")
+    .Attr("T: {int8, int16, int32, int64}")
+    .Attr("Tbeta: {int8, int16, int32, int64}")
+    .Attr("Tmask: {int8, int16, int32, int64}")
+    .Attr("Tout: {int8, int16, int32, int64}")
+    .SetShapeFn([](InferenceContext* c) { return SameAsInput(c, 0); });
+
+REGISTER_OP("HarnessZeroCount")
+    .Input("c0: T")
+    .Input("c1: T")
+    .Output("count: int64")
+    .Attr("modulus: int")
+    .Attr("T: {int8, int16, int32, int64}")
+    .SetShapeFn(DropBits);
+
+REGISTER_OP("HarnessBitsSub")
+    .Input("r: int64")
+    .Input("u: T")
+    .Output("diff: Tout")
+    .Attr("modulus: int")
+    .Attr("T: {int8, int16, int32, int64}")
+    .Attr("Tout: {int8, int16, int32, int64}")
+    .SetShapeFn(AddBits);
+
+// Party `party` of tf-encrypted's private compare, for one value:
+//   s = r + beta (int64 ring), s_j its bits, x_j this party's bit shares;
+//   w_j = x_j xor s_j           (x_j + s_j - 2 x_j s_j; s_j added by party 0)
+//   c_j = (s_j - x_j) * (1 - 2 beta) + 1 + sum_{k > j} w_k
+//                               (s_j and 1 added by party 0)
+//   c_j = edge_j where beta = 1 and s = 0 (tf-encrypted's edge case, r = -1)
+//   out_j = c_j * mask_j.
+template <int kP, typename T, typename Tb, typename Tm, typename Tout>
+void CompareRows(const Field<kP>& f, bool party0, const T* x, const int64_t* r,
+                 const Tb* beta, const T* edge, const Tm* mask, Tout* out,
+                 int64_t rows) {
+  int32_t edge_mod[kBits];
+  for (int j = 0; j < kBits; ++j) edge_mod[j] = f.Mod(edge[j]);
+  const int32_t p = f.p;
+  for (int64_t n = 0; n < rows; ++n) {
+    const int32_t b = f.Mod(beta[n]);
+    const uint64_t s = static_cast<uint64_t>(r[n]) + static_cast<uint64_t>(b);
+    const T* xn = x + n * kBits;
+    const Tm* mn = mask + n * kBits;
+    Tout* on = out + n * kBits;
+    if (b == 1 && s == 0) {
+      for (int j = 0; j < kBits; ++j) {
+        on[j] = static_cast<Tout>(f.Mul(edge_mod[j], f.Mod(mn[j])));
+      }
+      continue;
+    }
+    const int32_t sign = f.Mod(1 - 2 * b);  // select(beta, 1, -1)
+    int32_t wsum = 0;
+    for (int j = kBits - 1; j >= 0; --j) {
+      const int32_t sj = static_cast<int32_t>((s >> j) & 1u);
+      const int32_t xj = f.Mod(xn[j]);
+      const int32_t pub = party0 ? sj : 0;
+      // (s_j - x_j) * sign + 1 + wsum, all mod p
+      int32_t c = f.Mod((pub - xj + p) * sign + (party0 ? 1 : 0) + wsum);
+      on[j] = static_cast<Tout>(f.Mul(c, f.Mod(mn[j])));
+      // w_j = x_j + s_j (party 0) - 2 x_j s_j
+      wsum = f.Mod(wsum + xj + pub - 2 * xj * sj + 2 * p);
+    }
+  }
+}
+
+template <typename T, typename Tb, typename Tm, typename Tout>
+class CompareShareOp : public OpKernel {
+ public:
+  explicit CompareShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadModulus(ctx, &modulus_));
+    int64_t party = -1;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("party", &party));
+    OP_REQUIRES(ctx, party == 0 || party == 1,
+                errors::InvalidArgument("party must be 0 or 1, got ", party));
+    party0_ = party == 0;
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& r = ctx->input(1);
+    const Tensor& beta = ctx->input(2);
+    const Tensor& edge = ctx->input(3);
+    const Tensor& mask = ctx->input(4);
+    OP_REQUIRES_OK(ctx, CheckBitsShape("x_bits", x, r.shape()));
+    OP_REQUIRES_OK(ctx, CheckBitsShape("mask", mask, r.shape()));
+    OP_REQUIRES(ctx, beta.shape() == r.shape(),
+                errors::InvalidArgument("beta must have the shape of r ",
+                                        r.shape().DebugString(), ", got ",
+                                        beta.shape().DebugString()));
+    OP_REQUIRES(ctx, edge.NumElements() == kBits,
+                errors::InvalidArgument("edge must have ", kBits,
+                                        " elements, got ",
+                                        edge.shape().DebugString()));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    const int64_t rows = r.NumElements();
+    auto run = [&](const auto& f) {
+      CompareRows(f, party0_, x.flat<T>().data(), r.flat<int64_t>().data(),
+                  beta.flat<Tb>().data(), edge.flat<T>().data(),
+                  mask.flat<Tm>().data(), out->flat<Tout>().data(), rows);
+    };
+    if (modulus_ == 107) {
+      run(Field<107>(modulus_));
+    } else {
+      run(Field<0>(modulus_));
+    }
+  }
+
+ private:
+  int32_t modulus_ = 0;
+  bool party0_ = true;
+};
+
+template <int kP, typename T>
+void ZeroCountRows(const Field<kP>& f, const T* c0, const T* c1, int64_t* out,
+                   int64_t rows) {
+  for (int64_t n = 0; n < rows; ++n) {
+    int64_t zeros = 0;
+    for (int j = 0; j < kBits; ++j) {
+      const int64_t k = n * kBits + j;
+      zeros += f.Mod(static_cast<int64_t>(f.Mod(c0[k])) + f.Mod(c1[k])) == 0;
+    }
+    out[n] = zeros;
+  }
+}
+
+template <typename T>
+class ZeroCountOp : public OpKernel {
+ public:
+  explicit ZeroCountOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadModulus(ctx, &modulus_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& c0 = ctx->input(0);
+    const Tensor& c1 = ctx->input(1);
+    OP_REQUIRES(ctx, c0.shape() == c1.shape(),
+                errors::InvalidArgument("c0 and c1 differ in shape: ",
+                                        c0.shape().DebugString(), " vs ",
+                                        c1.shape().DebugString()));
+    OP_REQUIRES(ctx, c0.dims() >= 1 && c0.dim_size(c0.dims() - 1) == kBits,
+                errors::InvalidArgument("last dimension must be ", kBits,
+                                        ", got ", c0.shape().DebugString()));
+    TensorShape lead = c0.shape();
+    lead.RemoveLastDims(1);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, lead, &out));
+    const int64_t rows = lead.num_elements();
+    auto run = [&](const auto& f) {
+      ZeroCountRows(f, c0.flat<T>().data(), c1.flat<T>().data(),
+                    out->flat<int64_t>().data(), rows);
+    };
+    if (modulus_ == 107) {
+      run(Field<107>(modulus_));
+    } else {
+      run(Field<0>(modulus_));
+    }
+  }
+
+ private:
+  int32_t modulus_ = 0;
+};
+
+template <int kP, typename T, typename Tout>
+void BitsSubRows(const Field<kP>& f, const int64_t* r, const T* u, Tout* out,
+                 int64_t rows) {
+  for (int64_t n = 0; n < rows; ++n) {
+    const uint64_t v = static_cast<uint64_t>(r[n]);
+    for (int j = 0; j < kBits; ++j) {
+      const int64_t k = n * kBits + j;
+      const int32_t bit = static_cast<int32_t>((v >> j) & 1u);
+      out[k] = static_cast<Tout>(f.Mod(bit - f.Mod(u[k]) + f.p));
+    }
+  }
+}
+
+template <typename T, typename Tout>
+class BitsSubOp : public OpKernel {
+ public:
+  explicit BitsSubOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadModulus(ctx, &modulus_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& r = ctx->input(0);
+    const Tensor& u = ctx->input(1);
+    OP_REQUIRES_OK(ctx, CheckBitsShape("u", u, r.shape()));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, u.shape(), &out));
+    const int64_t rows = r.NumElements();
+    auto run = [&](const auto& f) {
+      BitsSubRows(f, r.flat<int64_t>().data(), u.flat<T>().data(),
+                  out->flat<Tout>().data(), rows);
+    };
+    if (modulus_ == 107) {
+      run(Field<107>(modulus_));
+    } else {
+      run(Field<0>(modulus_));
+    }
+  }
+
+ private:
+  int32_t modulus_ = 0;
+};
+
+// Kernels for every combination of the small-integer dtypes we use: prime-field
+// values as int8 (on the wire) or int64 (tf-encrypted's native dtype).
+#define HARNESS_COMPARE(T, Tb, Tm, Tout)                         \
+  REGISTER_KERNEL_BUILDER(Name("HarnessCompareShare")            \
+                              .Device(DEVICE_CPU)                \
+                              .TypeConstraint<T>("T")            \
+                              .TypeConstraint<Tb>("Tbeta")       \
+                              .TypeConstraint<Tm>("Tmask")       \
+                              .TypeConstraint<Tout>("Tout"),     \
+                          CompareShareOp<T, Tb, Tm, Tout>);
+#define HARNESS_COMPARE_OUT(T, Tb, Tm) \
+  HARNESS_COMPARE(T, Tb, Tm, int8_t) HARNESS_COMPARE(T, Tb, Tm, int64_t)
+#define HARNESS_COMPARE_MASK(T, Tb) \
+  HARNESS_COMPARE_OUT(T, Tb, int8_t) HARNESS_COMPARE_OUT(T, Tb, int64_t)
+#define HARNESS_COMPARE_BETA(T) \
+  HARNESS_COMPARE_MASK(T, int8_t) HARNESS_COMPARE_MASK(T, int64_t)
+HARNESS_COMPARE_BETA(int8_t)
+HARNESS_COMPARE_BETA(int64_t)
+#undef HARNESS_COMPARE_BETA
+#undef HARNESS_COMPARE_MASK
+#undef HARNESS_COMPARE_OUT
+#undef HARNESS_COMPARE
+
+#define HARNESS_ZERO_COUNT(T)                                               \
+  REGISTER_KERNEL_BUILDER(                                                  \
+      Name("HarnessZeroCount").Device(DEVICE_CPU).TypeConstraint<T>("T"),   \
+      ZeroCountOp<T>);
+HARNESS_ZERO_COUNT(int8_t)
+HARNESS_ZERO_COUNT(int64_t)
+#undef HARNESS_ZERO_COUNT
+
+#define HARNESS_BITS_SUB(T, Tout)                           \
+  REGISTER_KERNEL_BUILDER(Name("HarnessBitsSub")            \
+                              .Device(DEVICE_CPU)           \
+                              .TypeConstraint<T>("T")       \
+                              .TypeConstraint<Tout>("Tout"), \
+                          BitsSubOp<T, Tout>);
+HARNESS_BITS_SUB(int8_t, int8_t)
+HARNESS_BITS_SUB(int8_t, int64_t)
+HARNESS_BITS_SUB(int64_t, int8_t)
+HARNESS_BITS_SUB(int64_t, int64_t)
+#undef HARNESS_BITS_SUB
+
+}  // namespace
+}  // namespace harness_ops

@@ -1,0 +1,225 @@
+"""Speed changes against tf-encrypted's own code, exactly in the ring / field.
+
+Each change in ``harness.tfe.speed`` that computes differently is checked here on random
+inputs: our C++ kernels against the TensorFlow ops tf-encrypted runs (element by
+element), and the protocol steps they replace against the stock protocol (the revealed
+ring elements must be equal, not close). Timings live in ``bench/test_variants.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_encrypted as tfe
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from tf_encrypted.protocol import protocol as _tfe_protocol
+from tf_encrypted.protocol.pond import PondPrivateTensor, PondPublicTensor
+from tf_encrypted.protocol.securenn import securenn
+from tf_encrypted.tensor import native
+
+from harness.names import PLAYERS
+from harness.tfe import patching, protocols
+from harness.tfe.speed import dealer_relu, fused_compare, ring_conv
+
+P = 107
+BITS = 64
+I64 = np.iinfo(np.int64)
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+ring_values = st.one_of(
+    st.integers(I64.min, I64.max),
+    st.sampled_from([0, 1, -1, -2, 2, I64.min, I64.max, I64.min + 1, I64.max - 1]),
+    st.integers(-(2**20), 2**20))
+
+
+def ring_arrays(shape):
+    return hnp.arrays(np.int64, shape, elements=ring_values)
+
+
+def field_arrays(shape, low=0, dtype=np.int64):
+    return hnp.arrays(dtype, shape, elements=st.integers(low, P - 1))
+
+
+# -- kernels vs the TensorFlow ops they replace -----------------------------------------
+@SETTINGS
+@given(data=st.data(), rows=st.integers(1, 12), party=st.sampled_from([0, 1]),
+       narrow=st.booleans())
+def test_compare_share_kernel_equals_tf_ops(data, rows, party, narrow):
+    dtype = np.int8 if narrow else np.int64
+    x_bits = data.draw(field_arrays((rows, BITS), dtype=dtype))
+    r = data.draw(ring_arrays((rows,)))
+    beta = data.draw(hnp.arrays(np.int64, (rows,), elements=st.integers(0, 1)))
+    edge = data.draw(field_arrays((BITS,), dtype=dtype))
+    mask = data.draw(field_arrays((rows, BITS), low=1, dtype=dtype))
+    if data.draw(st.booleans()):  # tf-encrypted's edge case: beta = 1 and r = -1
+        r[0], beta[0] = -1, 1
+    args = [tf.constant(v) for v in (x_bits, r, beta, edge, mask)]
+    fused = fused_compare.compare_share(*args, party=party, modulus=P, fused=True,
+                                        out_dtype=tf.int64)
+    ref = fused_compare.compare_share(*args, party=party, modulus=P, fused=False,
+                                      out_dtype=tf.int64)
+    np.testing.assert_array_equal(fused.numpy(), ref.numpy())
+    assert fused.numpy().min() >= 0 and fused.numpy().max() < P
+
+
+@SETTINGS
+@given(data=st.data(), rows=st.integers(1, 12))
+def test_zero_count_and_bits_sub_kernels_equal_tf_ops(data, rows):
+    c0 = data.draw(field_arrays((rows, BITS)))
+    c1 = (P - c0) % P  # all zeros
+    c1[:, data.draw(st.integers(1, BITS - 1)):] += 1
+    c1 = data.draw(st.sampled_from([c1 % P, data.draw(field_arrays((rows, BITS)))]))
+    for fused in (True, False):
+        got = fused_compare.zero_count(tf.constant(c0), tf.constant(c1), P, fused=fused)
+        np.testing.assert_array_equal(got.numpy(), ((c0 + c1) % P == 0).sum(axis=-1))
+    r = data.draw(ring_arrays((rows,)))
+    u = data.draw(field_arrays((rows, BITS), dtype=np.int8))
+    bits = ((r.view(np.uint64)[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1)
+    expected = (bits.astype(np.int64) - u) % P
+    for fused in (True, False):
+        got = fused_compare.bits_sub(tf.constant(r), tf.constant(u), P, fused=fused)
+        np.testing.assert_array_equal(got.numpy().astype(np.int64), expected)
+
+
+@SETTINGS
+@given(data=st.data(), n=st.integers(1, 3), c=st.integers(1, 4), o=st.integers(1, 5),
+       hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       padding=st.sampled_from(["SAME", "VALID"]))
+def test_ring_conv_equals_tfe_conv(data, n, c, o, hw, k, strides, padding):
+    if padding == "VALID" and (k[0] > hw[0] or k[1] > hw[1]):
+        k = (min(k[0], hw[0]), min(k[1], hw[1]))
+    x = data.draw(ring_arrays((n, c, *hw)))
+    w = data.draw(ring_arrays((*k, c, o)))
+    factory = native.native_factory(tf.int64)
+    stock = patching.original(native, "conv2d")(
+        factory.tensor(tf.constant(x)), factory.tensor(tf.constant(w)),
+        strides=list(strides), padding=padding)
+    ours = ring_conv.ring_conv2d(tf.constant(x), tf.constant(w), list(strides), padding)
+    np.testing.assert_array_equal(ours.numpy(), stock.value.numpy())
+
+
+# -- protocol steps vs stock ---------------------------------------------------------------
+def _protocol(changes):
+    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+    prot = protocols.make("securenn", changes=changes)
+    tfe.set_protocol(prot)
+    _tfe_protocol.nodes.clear()  # tf-encrypted's global memo cache: no reuse across cases
+    return prot
+
+
+def _private(prot, factory, value, is_scaled):
+    """A PondPrivateTensor of raw ring/field ``value`` split at random."""
+    rand = np.random.default_rng().integers(I64.min, I64.max, size=value.shape,
+                                            dtype=np.int64, endpoint=True)
+    if factory is prot.prime_factory:
+        rand %= factory.modulus
+        rest = (value - rand) % factory.modulus
+    else:
+        rest = (value.view(np.uint64) - rand.view(np.uint64)).view(np.int64)
+    shares = []
+    for server, part in ((prot.server_0, rand), (prot.server_1, rest)):
+        with tf.device(server.device_name):
+            shares.append(factory.tensor(tf.constant(part)))
+    return PondPrivateTensor(prot, *shares, is_scaled)
+
+
+def _public(prot, factory, value):
+    parts = []
+    for server in (prot.server_0, prot.server_1):
+        with tf.device(server.device_name):
+            parts.append(factory.tensor(tf.constant(value)))
+    return PondPublicTensor(prot, *parts, False)
+
+
+def _revealed(x):
+    return np.asarray(x.reveal().unwrapped[0].value)
+
+
+@SETTINGS
+@given(data=st.data(), rows=st.integers(1, 10))
+def test_fused_private_compare_equals_stock(data, rows):
+    x = data.draw(ring_arrays((rows,)))
+    r = data.draw(ring_arrays((rows,)))
+    beta = data.draw(hnp.arrays(np.int64, (rows,), elements=st.integers(0, 1)))
+    if data.draw(st.booleans()):
+        r[0], beta[0] = -1, 1
+    x_bits = ((x.view(np.uint64)[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1)
+    results = []
+    for changes in ((), ("fused-compare",)):
+        prot = _protocol(changes)
+        got = securenn._private_compare(
+            prot, _private(prot, prot.prime_factory, x_bits.astype(np.int64), False),
+            _public(prot, prot.tensor_factory, r), _public(prot, prot.prime_factory, beta))
+        results.append(_revealed(got))
+    np.testing.assert_array_equal(results[1], results[0])
+
+
+@SETTINGS
+@given(data=st.data(), shape=st.sampled_from([(1,), (7,), (2, 3), (2, 2, 3)]),
+       fused=st.booleans())
+def test_dealer_relu_equals_stock_relu(data, shape, fused):
+    """Exact ReLU and its derivative, ring element for element, over the whole ring,
+    including where tf-encrypted's msb is wrong (-1, and |x| >= 2^62, where its doubling
+    in the odd ring wraps): there both give the same wrong value."""
+    x = data.draw(ring_arrays(shape))
+    results = {}
+    changes_by_variant = {"stock": (),
+                          "dealer": ("dealer-relu", "fused-compare") if fused else ("dealer-relu",)}
+    for variant, changes in changes_by_variant.items():
+        prot = _protocol(changes)
+        relu, drelu = prot.relu_with_cmp(_private(prot, prot.tensor_factory, x, True))
+        results[variant] = (_revealed(relu), _revealed(drelu))
+    for got, want in zip(results["dealer"], results["stock"]):
+        np.testing.assert_array_equal(got, want)
+    exact = (x != -1) & (np.abs(x.astype(np.float64)) < 2.0**62)
+    np.testing.assert_array_equal(results["stock"][0][exact], np.maximum(x, 0)[exact])
+
+
+def test_dealer_relu_shares_are_fresh_per_run():
+    """Compiled once, run twice on the same input: the output shares differ (masks and
+    pair keys are drawn again on every run), the revealed values do not."""
+    prot = _protocol(("dealer-relu", "fused-compare", "pair-keys"))
+    x = np.arange(-6, 6, dtype=np.int64) * 1000
+
+    @tf.function(autograph=False)
+    def step():
+        relu, _ = prot.relu_with_cmp(_private(prot, prot.tensor_factory, x, True))
+        return [s.value for s in relu.unwrapped]
+
+    a, b = [np.asarray(v) for v in step()], [np.asarray(v) for v in step()]
+    assert not np.array_equal(a[0], b[0])
+    total = lambda s: (s[0].view(np.uint64) + s[1].view(np.uint64)).view(np.int64)  # noqa: E731
+    np.testing.assert_array_equal(total(a), np.maximum(x, 0))
+    np.testing.assert_array_equal(total(b), np.maximum(x, 0))
+
+
+def test_dealer_relu_sends_six_tensors_per_layer():
+    """On cluster devices: one tensor server2 -> one server (bit shares), one each way
+    between the servers (c and e stacked), one from each server to server2, one back
+    (t and t*a stacked); pair keys cross once per run."""
+    from collections import OrderedDict
+
+    hostmap = OrderedDict((name, f"localhost:{4100 + i}") for i, name in enumerate(PLAYERS))
+    graph = tf.Graph()
+    with graph.as_default():
+        tfe.set_config(tfe.RemoteConfig(hostmap))
+        prot = protocols.make("securenn", changes=("dealer-relu", "fused-compare"))
+        tfe.set_protocol(prot)
+        _tfe_protocol.nodes.clear()
+        x = _private(prot, prot.tensor_factory, np.zeros((4, 5), np.int64), True)
+        before = {op.name for op in graph.get_operations()}
+        prot.relu_with_cmp(x)
+        new = [op for op in graph.get_operations() if op.name not in before]
+    sent = set()
+    for op in new:
+        for t in op.inputs:
+            if t.op.device != op.device and "pair-key" not in t.name:
+                sent.add((t.name, op.device))
+    assert len(sent) == 6, sorted(sent)
+    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+    assert dealer_relu.NAME in protocols.resolve_changes("securenn")
