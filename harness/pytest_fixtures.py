@@ -62,7 +62,6 @@ class Clusters:
             running.stop()
             running = None
         if running is None:
-            self.stop_all_but(key)
             if deployment == "manual":
                 running = Cluster.manual(self.options.cluster_config)
             elif network is not None and getattr(network, "shaped", False):
@@ -74,10 +73,6 @@ class Clusters:
             self._running[key] = running
         self._protocol[key] = protocol
         return running
-
-    def stop_all_but(self, key: tuple[str, str]) -> None:
-        for other in [k for k in self._running if k != key]:
-            self._running.pop(other).stop()
 
     def stop(self) -> None:
         for running in self._running.values():

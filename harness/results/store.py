@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -33,34 +32,23 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=False, cwd=RESULTS_DIR.parent, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
 def environment() -> dict[str, Any]:
-    """Versions, CPU and date of this run."""
+    """Versions, machine, commit and date of this run (machine and commit as
+    pytest-benchmark records them in its own JSON)."""
+    from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info  # noqa: PLC0415
+    from pytest_benchmark.utils import get_commit_info  # noqa: PLC0415
+
+    machine = pytest_benchmark_generate_machine_info()
+    commit = get_commit_info()
+    cpu = machine.get("cpu") or {}
+    head = (commit.get("id") or "")[:7]
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
+        "python": machine.get("python_version") or platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu.get("brand_raw") or platform.processor() or "unknown",
         "cores": os.cpu_count(),
-        "git_commit": _git_commit(),
+        "git_commit": (head + ("-dirty" if commit.get("dirty") else "")) if head else None,
         "packages": {d: _version(d) for d in
                      ("tensorflow", "tf-keras", "tf-encrypted", "numpy", "pytest-benchmark")},
     }
