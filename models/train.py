@@ -53,10 +53,8 @@ RANGE_IMAGES = 200
 
 def load_mnist(npz_path: str | None = None) -> Any:
     """The harness's offline MNIST split (no tf-encrypted activation)."""
-    try:
-        from harness.inference.data import load_mnist as load
-    except ModuleNotFoundError:  # layout before harness.inference
-        from harness.data import load_mnist as load
+    from harness.inference.data import load_mnist as load
+
     return load(npz_path)
 
 

@@ -17,10 +17,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads (le
 
 from models import zoo  # noqa: E402
 
-try:
-    from harness.inference.data import load_mnist  # noqa: E402
-except ModuleNotFoundError:  # layout before harness.inference
-    from harness.data import load_mnist  # noqa: E402
+from harness.inference.data import load_mnist  # noqa: E402  (no TensorFlow, no tf-encrypted)
 
 REPO = Path(__file__).resolve().parents[1]
 
