@@ -6,20 +6,15 @@ from dataclasses import asdict, dataclass
 from typing import Iterable
 
 import numpy as np
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+from scipy.special import log_softmax, softmax  # noqa: F401  (softmax: re-exported)
 
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    """Mean KL(softmax(p) || softmax(q)) over rows, in nats."""
-    p = softmax(p_logits.astype(np.float64))
-    q = softmax(q_logits.astype(np.float64))
-    tiny = np.finfo(np.float64).tiny
-    return float(np.mean(np.sum(p * (np.log(p + tiny) - np.log(q + tiny)), axis=-1)))
+    """Mean KL(softmax(p) || softmax(q)) over rows, in nats (from log-softmaxes, so
+    no probability underflows to a log of zero)."""
+    log_p = log_softmax(np.asarray(p_logits, np.float64), axis=-1)
+    log_q = log_softmax(np.asarray(q_logits, np.float64), axis=-1)
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
 
 
 @dataclass(frozen=True)
