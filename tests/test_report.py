@@ -106,11 +106,13 @@ def _summary(max_err: float = 0.040, agreement: float = 1.0) -> dict[str, Any]:
         ],
         "communication": [
             {"protocol": "securenn", "deployment": "cluster", "batch": 1,
-             "bytes_per_prediction": 7.1e6, "bytes_per_batch": 7.1e6,
-             "driver_bytes_per_batch": 2.5e5,
-             "by_link_per_batch": {"server0->server1": 3.0e6, "server1->server0": 3.0e6,
-                                   "server2->server0": 1.1e6, "server0->server2": 0.0},
-             "method": "TCP bytes_sent of the sockets between worker processes (ss -tinp)"},
+             "bytes_per_prediction": 7.1e6, "bytes_per_batch": 7100000,
+             "tensors_per_batch": 107, "comm_rounds": 31, "driver_bytes_per_batch": 250000,
+             "links": {"server0->server1": {"bytes": 3000000, "tensors": 50},
+                       "server1->server0": {"bytes": 3000000, "tensors": 40},
+                       "server2->server0": {"bytes": 1100000, "tensors": 17},
+                       "server0->server2": {"bytes": 0, "tensors": 0}},
+             "method": "counted from TensorFlow's partitioned graphs"},
         ],
         "memory": [
             {"protocol": "securenn", "deployment": "inprocess", "batch": 1,
@@ -179,14 +181,17 @@ def test_report_has_tables_and_anchors(tmp_path: Path, baseline_file: Path) -> N
     assert "| tf-encrypted | 0.9.1 |" in md and "| CPU | Test CPU |" in md
     assert "| option `quick` | True |" in md
     # latency: median, plaintext, ratios (cluster/in-process computed: 83.7 / 27.9 = 3)
-    assert "| SecureNN | inprocess | 1 | 27.9 | 0.76 | 36.7 | - | 9.4 | 5 |" in md
-    assert "| SecureNN | cluster | 1 | 83.7 | 0.77 | 109 | 3 | 9.9 | 5 |" in md
+    assert "### Model `tutorial`" in md
+    assert "| SecureNN | tuned | inprocess | 1 | 27.9 | 0.76 | 36.7 | - | 9.4 | 5 |" in md
+    assert "| SecureNN | tuned | cluster | 1 | 83.7 | 0.77 | 109 | 3 | 9.9 | 5 |" in md
     # accuracy, communication, memory, cluster, sampler, overhead
     assert ("| ABY3 | inprocess | 1 | 64 | 0.9700 | 0.9700 | 1.0000 | 0.0029 | 0.00073 | "
             "2.6e-09 |") in md
     assert f"All rows are within the bounds of `{baseline_file}`." in md
-    assert ("| SecureNN | cluster | 1 | 7.1 MB | 7.1 MB | 0.25 MB | server0->server1 3 MB, "
-            "server1->server0 3 MB, server2->server0 1.1 MB | TCP bytes_sent") in md
+    assert ("| SecureNN | tuned | cluster | 1 | 7.1 MB | 7,100,000 | 107 | 31 | 250,000 | "
+            "server0->server1 3,000,000 B / 50, server1->server0 3,000,000 B / 40, "
+            "server2->server0 1,100,000 B / 17 |") in md
+    assert "Method: counted from TensorFlow's partitioned graphs." in md
     assert "| SecureNN | inprocess | 1 | 1234 | - |" in md
     assert "server0 610, server1 612, server2 598, prediction-client 450" in md
     assert "| 4 | 4.25 | 2 |" in md

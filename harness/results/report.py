@@ -50,30 +50,55 @@ def _environment(summary: dict[str, Any], bench: dict[str, Any] | None) -> list[
     return ["## Environment", "", *_table(("", "value"), rows), ""]
 
 
+def _by_model(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows grouped by model (rows of runs before models existed: the tutorial model)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("model", "tutorial")), []).append(r)
+    return list(groups.items())
+
+
+def _per_model(rows: list[dict[str, Any]], headers: Sequence[str],
+               cells: Any) -> list[str]:
+    """One table per model (``cells(row)`` gives a row's cells)."""
+    lines: list[str] = []
+    for model, group in _by_model(rows):
+        lines += [f"### Model `{model}`", "", *_table(headers, [cells(r) for r in group]), ""]
+    return lines
+
+
+def _variant(r: dict[str, Any]) -> str:
+    return str(r.get("variant", "tuned"))
+
+
 def _latency(summary: dict[str, Any], bench: dict[str, Any] | None,
              protocols: Sequence[str]) -> list[str]:
     rows = _sorted(_rows(summary, "latency"), protocols)
     if not rows:
         return []
-    inproc = {(r.get("protocol"), r.get("batch")): r.get("median_ms") for r in rows
-              if r.get("deployment") == "inprocess"}
-    table = []
-    for r in rows:
+    key = lambda r: (r.get("model", "tutorial"), r.get("protocol"), _variant(r),  # noqa: E731
+                     r.get("batch"))
+    inproc = {key(r): r.get("median_ms") for r in rows if r.get("deployment") == "inprocess"}
+
+    def cells(r: dict[str, Any]) -> tuple[Any, ...]:
         over = r.get("over_inprocess")
         if over is None and r.get("deployment") != "inprocess":
-            base = inproc.get((r.get("protocol"), r.get("batch")))
+            base = inproc.get(key(r))
             if base and r.get("median_ms") is not None:
                 over = r["median_ms"] / base
-        table.append((_proto(r.get("protocol", "?")), _dep(r), r.get("batch"),
-                      _num(r.get("median_ms"), ".4g"), _num(r.get("plaintext_median_ms"), ".3g"),
-                      _num(r.get("private_over_plaintext"), ".3g"), _num(over, ".3g"),
-                      _num(r.get("first_call_s"), ".3g"), _num(r.get("rounds"), "d")))
+        return (_proto(r.get("protocol", "?")), _variant(r), _dep(r), r.get("batch"),
+                _num(r.get("median_ms"), ".4g"), _num(r.get("plaintext_median_ms"), ".3g"),
+                _num(r.get("private_over_plaintext"), ".3g"), _num(over, ".3g"),
+                _num(r.get("first_call_s"), ".3g"), _num(r.get("rounds"), "d"))
+
     lines = ["## Latency", "",
              "Steady-state private prediction (one call = one batch), median over the "
-             "benchmark rounds; the plaintext Keras median is measured in the same test.", "",
-             *_table(("protocol", "deployment", "batch", "median ms", "plaintext median ms",
-                      "private / plaintext", "cluster / in-process", "first call s",
-                      "rounds"), table), ""]
+             "benchmark rounds; the plaintext Keras median is measured in the same test. "
+             "Variant *stock* is tf-encrypted's own protocol code, *tuned* adds our speed "
+             "changes.", "",
+             *_per_model(rows, ("protocol", "variant", "deployment", "batch", "median ms",
+                                "plaintext median ms", "private / plaintext",
+                                "cluster / in-process", "first call s", "rounds"), cells)]
     plain = [b for b in (bench or {}).get("benchmarks", [])
              if (b.get("extra_info") or {}).get("kind") == "plaintext"]
     if plain:
@@ -91,13 +116,14 @@ def _accuracy(summary: dict[str, Any], protocols: Sequence[str],
     rows = _sorted(_rows(summary, "accuracy"), protocols)
     if not rows:
         return []
-    table = [(_proto(r.get("protocol", "?")), _dep(r), r.get("batch"), r.get("images"),
-              *(_num(r.get(key), spec) for key, _, spec, _ in ACCURACY_METRICS)) for r in rows]
     lines = ["## Accuracy", "",
              "Private logits against the plaintext Keras logits of the same test images "
              "(KL: mean KL(softmax(plaintext) || softmax(private))).", "",
-             *_table(("protocol", "deployment", "batch", "images",
-                      *(label for _, label, _, _ in ACCURACY_METRICS)), table), ""]
+             *_per_model(rows, ("protocol", "deployment", "batch", "images",
+                                *(label for _, label, _, _ in ACCURACY_METRICS)),
+                         lambda r: (_proto(r.get("protocol", "?")), _dep(r), r.get("batch"),
+                                    r.get("images"), *(_num(r.get(key), spec) for key, _, spec, _
+                                                       in ACCURACY_METRICS)))]
     if baseline_path is not None and Path(baseline_path).is_file():
         name = _shown_path(Path(baseline_path))
         try:
@@ -118,20 +144,29 @@ def _communication(summary: dict[str, Any], protocols: Sequence[str]) -> list[st
     rows = _sorted(_rows(summary, "communication"), protocols)
     if not rows:
         return []
-    table = []
-    for r in rows:
-        # by_link_per_batch ("src->dst": bytes); older runs: by_worker_per_batch
-        parts = r.get("by_link_per_batch") or r.get("by_worker_per_batch") or {}
-        detail = ", ".join(f"{n} {_mb(v)}" for n, v in parts.items() if v) or "-"
-        table.append((_proto(r.get("protocol", "?")), _dep(r), r.get("batch"),
-                      _mb(r.get("bytes_per_prediction")), _mb(r.get("bytes_per_batch")),
-                      _mb(r.get("driver_bytes_per_batch")), detail, r.get("method", "-")))
+    def cells(r: dict[str, Any]) -> tuple[Any, ...]:
+        links = r.get("links")
+        if links:  # exact: {"a->b": {"bytes", "tensors"}}
+            detail = ", ".join(f"{n} {v.get('bytes', 0):,} B / {v.get('tensors', 0)}"
+                               for n, v in links.items() if v.get("bytes"))
+        else:  # older runs: bytes per link only
+            parts = r.get("by_link_per_batch") or r.get("by_worker_per_batch") or {}
+            detail = ", ".join(f"{n} {_mb(v)}" for n, v in parts.items() if v)
+        return (_proto(r.get("protocol", "?")), _variant(r), _dep(r), r.get("batch"),
+                _mb(r.get("bytes_per_prediction")), _num(r.get("bytes_per_batch"), ",.0f"),
+                _num(r.get("tensors_per_batch"), "d"), _num(r.get("comm_rounds"), "d"),
+                _num(r.get("driver_bytes_per_batch"), ",.0f"), detail or "-")
+
+    methods = sorted({str(r.get("method", "-")) for r in rows})
     lines = ["## Communication", "",
-             "Bytes between the players per prediction (one image) and per call (one batch); "
-             "the driver's traffic to and from the workers (inputs, results, graph) apart.", "",
-             *_table(("protocol", "deployment", "batch", "per prediction", "per batch",
-                      "driver <-> workers per batch", "by link / worker, per batch", "method"),
-                     table), ""]
+             "What the players send each other per prediction (one image) and per call (one "
+             "batch): bytes, tensors and sequential communication rounds (the longest chain of "
+             "dependent transfers); the driver's traffic to and from the workers (inputs, "
+             "results) apart. Per link: bytes / tensors per batch. Method: "
+             + "; ".join(methods) + ".", "",
+             *_per_model(rows, ("protocol", "variant", "deployment", "batch", "per prediction",
+                                "bytes per batch", "tensors per batch", "rounds",
+                                "driver bytes per batch", "by link, per batch"), cells)]
     if any(not r.get("bytes_per_batch") for r in rows):
         lines += ["A zero means the method saw no traffic for that row: it did not capture "
                   "the players' messages, not that the protocol sent nothing.", ""]
