@@ -247,8 +247,8 @@ def test_out_of_range_models_are_refused_before_sharing(monkeypatch, keras, h5_m
     model.get_layer("logits").set_weights([huge, bias])
     with pytest.raises(InputError, match="Model weights of layer 'logits'"):
         PrivateModel(model, "securenn")
-    # weights in range, but the activations they make are not (3^7 / 4 for SecureNN)
-    model.get_layer("logits").set_weights([kernel * 200, bias])
+    # weights in range (1000 < 3^7), but the activations they make are not (> 3^7 / 4)
+    model.get_layer("logits").set_weights([kernel, bias + 1000.0])
     with pytest.raises(UnsupportedModelError, match="Layer 'logits' .* wrap"):
         PrivateModel(model, "securenn")
     # ABY3's range is 2^11: the same model is refused there too, naming the layer

@@ -17,12 +17,11 @@ functional model that is a plain chain, into the ``tf_keras.Sequential`` tf-encr
 Then the logits of the converted model are compared with the original's on a calibration
 batch (``calibration_batch``: test digits when the input holds 784 values); a difference
 above ``tolerance`` (relative to the logits' size) refuses the model. Anything else is
-refused naming the layer and what to do. ``check_ranges`` checks each layer's weights and
-calibration activations against a protocol's fixed-point range before anything is shared.
+refused naming the layer and what to do (``layer_problem`` also serves
+``private.check_model``).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import InputError, UnsupportedModelError
+from harness.errors import UnsupportedModelError
+from harness.inference.ranges import calibration_batch
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ _TRAINING_ONLY = ("kernel_regularizer", "bias_regularizer", "activity_regularize
                   "kernel_constraint", "bias_constraint")
 #: Converted logits may differ from the original's by this much (times max(1, |logits|)).
 TOLERANCE = 1e-4
-#: Calibration activations must stay below the protocol's range divided by this.
-RANGE_MARGIN = 4.0
-CALIBRATION_SIZE = 64
 
 
 def _keras() -> Any:
@@ -318,7 +315,7 @@ def convert(model: Any, batch_size: int, *, where: str = "model",
     return Conversion(converted, steps, diff, len(calib))
 
 
-# --- what tf-encrypted can run, and in which range ------------------------------------
+# --- what tf-encrypted computes differently ---------------------------------------------
 
 def _pool_pads(layer: Any) -> bool:
     _, height, width, _ = layer.input_shape
@@ -351,56 +348,3 @@ def layer_problem(layer: Any) -> str | None:
                 "supported: tf-encrypted pads with zeros where Keras ignores the padding. "
                 "Use padding='valid'.")
     return None
-
-
-@functools.lru_cache(maxsize=4)
-def _digits(size: int) -> np.ndarray:
-    from harness.inference.data import load_mnist  # noqa: PLC0415
-
-    return load_mnist().x_test[:size]
-
-
-def calibration_batch(shape: tuple[int, ...], size: int = CALIBRATION_SIZE) -> np.ndarray:
-    """``size`` inputs of per-example ``shape``: MNIST test digits when ``shape`` holds 784
-    values (28x28x1, 784, 28x28), else uniform noise in [0, 1) from a fixed seed."""
-    shape = tuple(int(d) for d in shape)
-    if math.prod(shape) == 784:
-        return _digits(size).reshape(size, *shape).copy()
-    logger.info("no digits of shape %s: calibrating on uniform noise in [0, 1)", shape)
-    return np.random.default_rng(20190807).random((size, *shape), dtype=np.float32)
-
-
-def check_ranges(model: Any, fixed_point: Any, protocol: str,
-                 calibration: np.ndarray | None = None, margin: float = RANGE_MARGIN) -> None:
-    """Refuse (before sharing) a model whose weights, or whose activations on a calibration
-    batch, leave ``fixed_point``'s range |x| < max_abs (activations: with ``margin``):
-    tf-encrypted's ring would wrap silently and predict garbage. Names the layer."""
-    limit = float(fixed_point.max_abs)
-    encoding = f"{protocol}'s fixed-point encoding (|x| < {limit:g})"
-    for layer in model.layers:
-        kind = type(layer).__name__
-        for w in layer.get_weights():
-            if not np.all(np.isfinite(w)):
-                raise InputError(f"Model weights of layer {layer.name!r} ({kind}) contain NaN "
-                                 "or inf; fix the model before sharing.")
-            peak = float(np.max(np.abs(w))) if w.size else 0.0
-            if peak >= limit:
-                raise InputError(
-                    f"Model weights of layer {layer.name!r} ({kind}) reach |w| = {peak:g}, "
-                    f"outside {encoding}; the ring would wrap silently. Rescale the weights.")
-    shape = input_shape_of(model, "model")
-    x = calibration_batch(shape) if calibration is None else np.asarray(calibration, np.float32)
-    safe = limit / margin
-    for layer in model.layers:
-        x = np.asarray(layer(x, training=False))
-        kind = type(layer).__name__
-        peak = float(np.max(np.abs(x))) if x.size else 0.0
-        if kind == "AveragePooling2D":  # tf-encrypted sums the window, then scales
-            peak *= math.prod(layer.get_config()["pool_size"])
-        if not peak < safe:
-            raise UnsupportedModelError(
-                f"Layer {layer.name!r} ({kind}) reaches |x| = {peak:.4g} on {len(x)} "
-                f"calibration inputs, beyond the safe range {safe:g} ({encoding}, margin "
-                f"{margin:g}): the ring would wrap silently and predictions would be wrong. "
-                "Rescale the inputs or weights (e.g. normalise the inputs to [0, 1]) or "
-                "retrain with smaller activations.")

@@ -29,7 +29,8 @@ from harness.names import CLIENT, PLAYERS, SERVERS  # noqa: E402,F401  (re-expor
 
 from harness.names import PROTOCOLS as _PROTOCOL_NAMES  # noqa: E402
 from harness.tfe import protocols as _protocols  # noqa: E402
-from harness.inference.convert import check_ranges, layer_problem  # noqa: E402
+from harness.inference.convert import layer_problem  # noqa: E402
+from harness.inference.ranges import check_ranges  # noqa: E402
 from harness.tfe.tracing import compile_step  # noqa: E402
 
 # name -> factory of the default (tuned) protocol instance
@@ -165,7 +166,7 @@ def activate(config: Any, protocol: str, model: tf.keras.Model, variant: str = "
     """Make ``protocol`` (its ``variant``/``changes``, ``harness.tfe.protocols``)
     tf-encrypted's current one on ``config`` and check that the model's weights fit its
     fixed-point range (weights, and every layer's activations on a calibration batch,
-    ``convert.check_ranges``); returns the protocol and its encoding."""
+    ``ranges.check_ranges``); returns the protocol and its encoding."""
     tfe.set_config(config)  # resets the protocol: config first
     instance = _protocols.make(protocol, variant, changes)
     tfe.set_protocol(instance)
