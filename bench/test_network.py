@@ -139,7 +139,7 @@ def _timed(fn, rounds: int) -> list[float]:
     return times
 
 
-def test_network_latency(benchmark, protocol, network, loopback, options):
+def test_network_latency(benchmark, protocol, network, loopback, options, recorder):
     ok, reason = ShapedNetwork.available()
     if not ok:
         pytest.skip(f"shaped networks: {reason}")
@@ -175,6 +175,7 @@ def test_network_latency(benchmark, protocol, network, loopback, options):
     if described["delay"] == "projected":
         row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
     benchmark.extra_info.update(row)
+    recorder.network.append(row)
     print(f"\n{protocol} b1 {network.name}: emulated {row['emulated_ms']:.1f} ms "
           f"(delay {row['delay']}), loopback {row['loopback_ms']:.1f} ms, projected "
           f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "

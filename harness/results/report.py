@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from harness.results.baseline import BASELINE_PATH, load_baseline, violations
 from harness.results.compare import compare  # noqa: F401  (python -m harness compare)
+from harness.results import report_network, report_serving
 from harness.results.plots import render_plot
 from harness.results.store import write_bytes
 from harness.results.report_tables import (
@@ -29,6 +30,8 @@ from harness.results.report_tables import (
     _shown_path, _dep, _proto)
 
 logger = logging.getLogger(__name__)
+
+RTT_PNG = "latency_vs_rtt.png"
 
 
 # -- markdown sections ------------------------------------------------------------------
@@ -243,7 +246,8 @@ def render_markdown(summary: dict[str, Any], bench: dict[str, Any] | None = None
     for section in (_environment(summary, bench), _latency(summary, bench, protocols),
                     _accuracy(summary, protocols, baseline_path),
                     _communication(summary, protocols), _memory(summary, protocols),
-                    _cluster(summary), _harness_figures(bench), _papers(summary)):
+                    _cluster(summary), _harness_figures(bench), report_network.section(summary),
+                    report_serving.section(summary), _papers(summary)):
         lines += section
     return "\n".join(lines).rstrip() + "\n"
 
@@ -267,6 +271,16 @@ def _papers(summary: dict[str, Any]) -> list[str]:
             if comm[key].get("comm_rounds") is not None:
                 mine["rounds"] = comm[key]["comm_rounds"]
         ours.append(mine)
+    for row in _rows(summary, "network"):
+        profile = str(row.get("network"))
+        if profile not in ("lan", "wan"):
+            continue
+        mark = "emulated" if row.get("delay") == "emulated" else "projected"
+        for mine in ours:
+            if (mine["model"], mine["protocol"], mine["batch"]) == (
+                    "tutorial", row.get("protocol"), row.get("batch")):
+                mine[f"{profile}_s"] = row.get("projected_ms", 0) / 1e3
+                mine[f"{profile}_mark"] = mark
     if not ours:
         return []
     return ["## Beside the papers", "",
@@ -285,9 +299,13 @@ def write_report(run_dir: Path, baseline_path: Path | None = BASELINE_PATH) -> P
     run_dir = _run_dir(run_dir)
     summary, bench = load_run(run_dir)
     markdown = render_markdown(summary, bench, baseline_path).encode("utf-8")
-    png = render_plot(summary)
+    plots = {REPORT_PNG: render_plot(summary),
+             RTT_PNG: report_network.render_rtt_plot(summary),
+             report_serving.PLOT: report_serving.render_plot(summary)}
     md_path = run_dir / REPORT_MD
-    write_bytes(run_dir / REPORT_PNG, png)
+    for name, png in plots.items():
+        if png is not None:
+            write_bytes(run_dir / name, png)
     write_bytes(md_path, markdown)
     return md_path
 

@@ -65,6 +65,7 @@ class Recorder:
     memory: list[dict[str, Any]] = field(default_factory=list)
     cluster: list[dict[str, Any]] = field(default_factory=list)
     serving_load: list[dict[str, Any]] = field(default_factory=list)  # bench/test_serving_load
+    network: list[dict[str, Any]] = field(default_factory=list)  # bench/test_network
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -77,11 +78,12 @@ class Recorder:
             "memory": self.memory,
             "cluster": self.cluster,
             "serving_load": self.serving_load,
+            "network": self.network,
         }
 
     def empty(self) -> bool:
         return not any((self.accuracy, self.latency, self.communication, self.memory,
-                        self.cluster, self.serving_load))
+                        self.cluster, self.serving_load, self.network))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

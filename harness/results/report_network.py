@@ -1,0 +1,90 @@
+"""The shaped-network part of a run's report: emulated next to projected latency, and
+latency against round-trip time (rows of ``bench/test_network.py``; no TensorFlow).
+
+The projection (``harness.results.projection``): compute measured on loopback + rounds x
+RTT + the busiest link's bytes / rate. Where the kernel shapes bandwidth but cannot delay
+(no ``sch_netem``), the emulated run has the rate limit only: it is compared with the
+projection without the RTT term (the model's error), and the RTT term is projected.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from harness.results.report_tables import _num, _proto, _rows, _table
+
+RTT_RANGE_MS = (0.0, 100.0)
+
+
+def _error(r: dict[str, Any]) -> float | None:
+    measured, model = r.get("emulated_ms"), r.get("projected_without_rtt_ms")
+    if not measured or model is None:
+        return None
+    return 100.0 * (model - measured) / measured
+
+
+def section(summary: dict[str, Any]) -> list[str]:
+    rows = _rows(summary, "network")
+    if not rows:
+        return []
+    table = []
+    for r in rows:
+        rate = r.get("rate_bytes_per_s")
+        table.append((_proto(r.get("protocol", "?")), r.get("network"), r.get("batch"),
+                      _num(rate / 1e6 if rate else None, ".4g"),
+                      _num((r.get("rtt_s") or 0) * 1e3, ".3g"), r.get("delay", "-"),
+                      _num(r.get("loopback_ms"), ".4g"), _num(r.get("emulated_ms"), ".4g"),
+                      _num(r.get("projected_without_rtt_ms"), ".4g"), _num(_error(r), "+.3g"),
+                      _num(r.get("projected_ms"), ".4g"),
+                      _num((r.get("projection") or {}).get("rounds"), "d")))
+    return ["## Shaped networks", "",
+            "Cluster players in their own network namespaces, each link shaped with `tc`. "
+            "*emulated*: measured on the shaped links; *projected*: loopback compute + rounds "
+            "x RTT + busiest link's bytes / rate. Where delay is *projected* (the kernel has no "
+            "`sch_netem`), the emulated run has the rate limit only and is compared with the "
+            "projection without its RTT term (model error); the full projection adds the "
+            "rounds x RTT.", "",
+            *_table(("protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
+                     "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
+                     "projected ms", "rounds"), table), ""]
+
+
+def _lines(summary: dict[str, Any]) -> dict[str, tuple[float, float, int]]:
+    """protocol -> (loopback compute ms, transfer ms at the slowest profile, rounds)."""
+    out: dict[str, tuple[float, float, int]] = {}
+    for r in _rows(summary, "network"):
+        proj = r.get("projection") or {}
+        if r.get("loopback_ms") is None or proj.get("rounds") is None:
+            continue
+        out[str(r.get("protocol"))] = (float(r["loopback_ms"]),
+                                       1e3 * float(proj.get("transfer_s") or 0.0),
+                                       int(proj["rounds"]))
+    return out
+
+
+def render_rtt_plot(summary: dict[str, Any]) -> bytes | None:
+    """Projected latency against RTT per protocol (None without network rows): where the
+    lines cross, the protocol with fewer rounds overtakes the one with less compute."""
+    lines = _lines(summary)
+    if not lines:
+        return None
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    lo, hi = RTT_RANGE_MS
+    for protocol, (compute, transfer, rounds) in sorted(lines.items()):
+        ax.plot([lo, hi], [compute + transfer + rounds * lo, compute + transfer + rounds * hi],
+                label=f"{_proto(protocol)} ({rounds} rounds)")
+    ax.set_xlabel("round-trip time (ms)")
+    ax.set_ylabel("projected latency per prediction (ms)")
+    ax.set_title("Projected latency against RTT (batch 1)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
