@@ -36,7 +36,7 @@ def test_accuracy(benchmark, models, recorder, model, protocol, deployment, test
            **agreement.as_dict()}
     recorder.accuracy.append(row)
     benchmark.extra_info.update(row)
-    problems = violations(protocol, row, load_baseline())
+    problems = violations(protocol, row, load_baseline(), name)
     assert not problems, "accuracy regression:\n" + "\n".join(problems)
 
 

@@ -1,8 +1,10 @@
 """Accuracy regression check against the committed ``results/baseline.json``.
 
-The baseline holds, per protocol, bounds with explicit tolerances::
+The baseline holds bounds with explicit tolerances per protocol for the tutorial model
+and per model x protocol for the others::
 
-    {"protocols": {"securenn": {"argmax_agreement": {"min": 1.0, "tolerance": 0.0}, ...}}}
+    {"protocols": {"securenn": {"argmax_agreement": {"min": 1.0, "tolerance": 0.0}, ...}},
+     "models": {"A": {"securenn": {...}, "aby3": {...}}, ...}}
 
 A metric passes when ``value >= min - tolerance`` or ``value <= max + tolerance``.
 Latency is deliberately absent: it is reported and compared, never asserted.
@@ -24,10 +26,20 @@ def load_baseline(path: Path = BASELINE_PATH) -> dict[str, Any]:
     return data
 
 
+def bounds_for(baseline: dict[str, Any], protocol: str,
+               model: str = "tutorial") -> dict[str, Any] | None:
+    """The bounds of ``model`` under ``protocol``, or None if the baseline has none."""
+    if model == "tutorial":
+        return baseline["protocols"].get(protocol)
+    return (baseline.get("models") or {}).get(model, {}).get(protocol)
+
+
 def violations(protocol: str, metrics: dict[str, float],
-               baseline: dict[str, Any]) -> list[str]:
+               baseline: dict[str, Any], model: str = "tutorial") -> list[str]:
     """Messages naming each metric outside its bound: metric, baseline, new value."""
-    bounds = baseline["protocols"].get(protocol, {})
+    bounds = bounds_for(baseline, protocol, model) or {}
+    if model != "tutorial":
+        protocol = f"{model}/{protocol}"
     out = []
     for metric, bound in bounds.items():
         if metric not in metrics:
@@ -46,5 +58,5 @@ def check_rows(rows: Iterable[dict[str, Any]], baseline: dict[str, Any]) -> list
     """Check accuracy rows of a summary (one per protocol/deployment)."""
     problems: list[str] = []
     for row in rows:
-        problems += violations(row["protocol"], row, baseline)
+        problems += violations(row["protocol"], row, baseline, row.get("model", "tutorial"))
     return problems

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.results.baseline import BASELINE_PATH, load_baseline, violations
+from harness.results.baseline import BASELINE_PATH, bounds_for, load_baseline, violations
 from harness.results.compare import compare  # noqa: F401  (python -m harness compare)
 from harness.results import report_network, report_serving
 from harness.results.plots import render_plot
@@ -320,10 +320,11 @@ def check_summary(summary: dict[str, Any], baseline: dict[str, Any]) -> list[str
     for row in rows:
         protocol = str(row.get("protocol"))
         where = f"[{_dep(row)}, batch {row.get('batch')}, {row.get('images')} images] "
-        if protocol not in baseline["protocols"]:
-            problems.append(f"{where}{protocol}: no bounds in the baseline (not checked)")
+        model = str(row.get("model", "tutorial"))
+        if bounds_for(baseline, protocol, model) is None:
+            problems.append(f"{where}{model}/{protocol}: no bounds in the baseline (not checked)")
             continue
-        problems += [where + p for p in violations(protocol, row, baseline)]
+        problems += [where + p for p in violations(protocol, row, baseline, model)]
     return problems
 
 
