@@ -336,7 +336,7 @@ def test_check_reports_missing_data(tmp_path: Path, baseline_file: Path) -> None
     summary = _summary()
     summary["accuracy"][1]["protocol"] = "pond"  # no bounds for pond in this baseline
     problems = report.check(_run(tmp_path / "a", summary), baseline_file)
-    assert problems == ["[inprocess, batch 1, 64 images] pond: no bounds in the baseline "
+    assert problems == ["[inprocess, batch 1, 64 images] tutorial/pond: no bounds in the baseline "
                         "(not checked)"]
     summary["accuracy"] = []
     problems = report.check(_run(tmp_path / "b", summary), baseline_file)
