@@ -128,7 +128,7 @@ class Pending:
 
 
 def build_functions(protocol: Any, desc: ServingDescriptor, devices: Sequence[str], me: str,
-                    slot: int) -> tuple[Any, Any]:
+                    slot: int, player: Any = CLIENT) -> tuple[Any, Any]:
     """The client's two compiled steps.
 
     ``send(image, rid) -> mask_sum``: encode and share ``image`` on this device ``me``,
@@ -136,6 +136,7 @@ def build_functions(protocol: Any, desc: ServingDescriptor, devices: Sequence[st
     slot's input queue on that server, then commit ``(rid, slot)`` on server0.
     ``mask_sum`` stays here. ``receive(mask_sum) -> (ids, logits)``: dequeue one masked
     output share per server from our slot's output queues, unmask and decode on ``me``.
+    ``player``: tf-encrypted's player (or its name) whose device ``me`` is.
     """
     lay = desc.layout
     factory = ring_factory(protocol)
@@ -143,7 +144,7 @@ def build_functions(protocol: Any, desc: ServingDescriptor, devices: Sequence[st
     @tf.function(autograph=False)
     def send(image: tf.Tensor, rid: tf.Tensor) -> tf.Tensor:
         # encode + share on this device; the shares land on the servers
-        x = protocol.define_private_input(CLIENT, lambda: image)
+        x = protocol.define_private_input(player, lambda: image)
         raw = private_to_raw(protocol, x)
         with tf.device(me), tf.name_scope("output-mask"):
             masks = [factory.sample_uniform(desc.logits_shape).value
@@ -217,7 +218,9 @@ class PredictionClient:
         # answered, partial ones of an earlier client in this slot): measured when it
         # reaches the capacity, so a send never meets a full queue (it would block a server)
         self._queued = self._input_backlog()
-        self._typical = 0.0  # recent latency (s): when to start polling for a result
+        self._recent: list[float] = []  # latencies (s) of recent requests, not the first
+        self._answered = 0
+        self.timing: dict[str, float] = {}  # of the last request: send, ready, receive (ms)
         self.connect_s = time.perf_counter() - start
         logger.info("client of %s (%s, session %s, slot %d) ready in %.1f s", self.config_path,
                     self.desc.protocol, self.desc.session, k, self.connect_s)
@@ -300,6 +303,7 @@ class PredictionClient:
         sent_at = time.perf_counter()
         self._queued += 1  # before sending: one that fails half-way may leave an entry
         mask_sum = self._send_fn(tf.constant(arr), tf.constant(rid, tf.int64))
+        self.timing = {"send_ms": (time.perf_counter() - sent_at) * 1e3}
         return Pending(rid, mask_sum, sent_at)
 
     def _results_ready(self) -> bool:
@@ -311,19 +315,28 @@ class PredictionClient:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + 2.0
-        # results take about as long as the last ones did: poll from then on, not before
-        early = pending.sent_at + 0.6 * self._typical - time.perf_counter()
+        # a result takes at least about as long as the fastest recent one did: polling
+        # before half of that only costs the servers RPCs (the first call, which traces
+        # the functions, does not count)
+        fastest = min(self._recent, default=0.0)
+        early = pending.sent_at + 0.5 * fastest - time.perf_counter()
         if early > 0:
-            time.sleep(min(early, 1.0))
-        interval = min(0.02, max(0.002, self._typical / 25))
+            time.sleep(early)
+        interval = min(0.01, max(0.002, fastest / 40))
         while True:
             if self._results_ready():
+                ready_at = time.perf_counter()
                 ids, logits = self._receive_fn(pending.mask_sum)
                 ids = ids.numpy()
                 if np.all(ids == pending.rid):
                     self._queued = max(0, self._queued - 1)  # answered: its entry is gone
-                    took = time.perf_counter() - pending.sent_at
-                    self._typical = took if not self._typical else 0.7 * self._typical + 0.3 * took
+                    now_pc = time.perf_counter()
+                    self.timing.update(ready_ms=(ready_at - pending.sent_at) * 1e3,
+                                       receive_ms=(now_pc - ready_at) * 1e3)
+                    self._answered += 1
+                    if self._answered > 1:
+                        took = time.perf_counter() - pending.sent_at
+                        self._recent = (self._recent + [took])[-5:]
                     return logits.numpy()
                 logger.info("skipped a stale result (request %x, not ours)", int(ids[0]))
                 continue

@@ -88,6 +88,7 @@ def _print(result: dict[str, Any]) -> None:
 
 def _serve_stdin(client: PredictionClient) -> int:
     """One request per line of stdin (an image spec), one JSON line back per request."""
+    _test_split()  # image indices refer to it: load it before saying ready
     print(json.dumps({"ready": True, "protocol": client.desc.protocol,
                       "session": client.desc.session, "slot": client.slot.index,
                       "connect_s": client.connect_s}), flush=True)
@@ -100,8 +101,8 @@ def _serve_stdin(client: PredictionClient) -> int:
             image, label = load_image(spec)
             check_pixels(np.asarray(image))
             logits = client.predict(image)
-            print(json.dumps(_result(spec, label, logits, time.perf_counter() - start)),
-                  flush=True)
+            result = _result(spec, label, logits, time.perf_counter() - start)
+            print(json.dumps({**result, **client.timing}), flush=True)
         except InputError as exc:
             print(json.dumps({"image": spec, "error": str(exc), "refused": True}), flush=True)
         except ServingError as exc:  # e.g. no answer in time: say so, keep reading

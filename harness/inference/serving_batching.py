@@ -1,9 +1,10 @@
 """Dynamic batching: when the owner starts a batch, and how committed requests become rows.
 
 ``BatchWindow`` decides when to run: at once when ``max_batch`` requests wait (or as
-many as are still wanted), else when the oldest waiting request the owner has seen has
-waited ``window`` seconds. A request committed while a batch runs therefore starts at
-most one batch plus one window after it was committed, and is answered one batch later.
+many as are still wanted, or one from every client seen in the last second), else when
+the oldest waiting request the owner has seen has waited ``window`` seconds. A request
+committed while a batch runs therefore starts at most one batch plus one window after
+it was committed, and is answered one batch later.
 
 ``plan_batch`` turns the commits the owner dequeued - ``(request id, slot)`` pairs - into
 the step's arguments: rows ordered by slot (commit order within a slot), per-slot
@@ -26,17 +27,35 @@ import numpy as np
 
 @dataclass
 class BatchWindow:
-    """The owner's gathering rule (``max_batch`` B, ``window`` in seconds)."""
+    """The owner's gathering rule (``max_batch`` B, ``window`` in seconds).
+
+    A batch starts as soon as every client seen recently (a slot that sent within
+    ``recent`` seconds) has a request waiting, or B requests wait, or the oldest waiting
+    request has waited ``window``: a lone client is never held back by the window, and
+    clients that send in step fill one batch.
+    """
 
     max_batch: int = 1
     window: float = 0.0
+    recent: float = 1.0
     _first_seen: float | None = field(default=None, init=False)
+    _last_sent: dict[int, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError("--max-batch must be >= 1")
         if self.window < 0:
             raise ValueError("--batch-window must be >= 0 ms")
+
+    def seen(self, slots: Sequence[int], now: float) -> None:
+        """Record the slots of requests just taken."""
+        for slot in slots:
+            self._last_sent[int(slot)] = now
+
+    def active(self, now: float) -> int:
+        """Slots that sent a request within ``recent`` seconds."""
+        self._last_sent = {k: t for k, t in self._last_sent.items() if now - t <= self.recent}
+        return len(self._last_sent)
 
     def take(self, waiting: int, now: float, wanted: int | None = None) -> int:
         """How many of ``waiting`` committed requests to batch now (0: keep gathering).
@@ -47,7 +66,8 @@ class BatchWindow:
             return 0
         if self._first_seen is None:
             self._first_seen = now
-        if waiting >= limit or now - self._first_seen >= self.window:
+        if waiting >= min(limit, max(1, self.active(now))) or \
+                now - self._first_seen >= self.window:
             self._first_seen = None
             return min(waiting, limit)
         return 0

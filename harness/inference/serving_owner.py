@@ -187,6 +187,7 @@ class SharedModel:
             rids, slots = dq.queue_dequeue_many_v2(self._commit, take, [tf.int64, tf.int64])
         rids, slots = rids.numpy(), slots.numpy()  # routing data only: ids and slots
         plan = plan_batch(rids, slots, self.desc.slots)
+        self.window.seen([s for _, s in plan.rows], time.monotonic())
         if plan.refused:
             self.stats.refused += len(plan.refused)
             logger.warning("refused %d malformed request(s) (slot or id out of range: %s)",
