@@ -241,6 +241,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
     finish_results(session.config, exitstatus)
 
 
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any,
+                                 output_json: dict[str, Any]) -> None:
+    """pytest-benchmark's own JSON carries the run's harness options too."""
+    if SESSION in config.stash:
+        output_json["harness"] = session_of(config).as_dict()
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for note in session_of(terminalreporter.config).notes:
         terminalreporter.write_line(note)
