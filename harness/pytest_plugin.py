@@ -241,6 +241,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
     finish_results(session.config, exitstatus)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-benchmark, when installed
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any,
                                  output_json: dict[str, Any]) -> None:
     """pytest-benchmark's own JSON carries the run's harness options too."""
