@@ -112,6 +112,7 @@ KERAS3_SCRIPT = textwrap.dedent("""
     seq.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     seq.fit(data["x"], data["y"], epochs=1, batch_size=64, verbose=0)
     seq.save(os.path.join(out, "seq.keras"))
+    seq.save(os.path.join(out, "seq.h5"))  # Keras 3's legacy HDF5: a Keras 3 config inside
     inp = keras.Input((784,))
     h = layers.Dense(32, activation="relu", name="d1")(inp)
     fun = keras.Model(inp, layers.Dense(10, name="d2")(h))
@@ -149,6 +150,8 @@ def test_keras3_archive_is_rebuilt_in_legacy_keras(keras3_files, mnist):
     ours = conversion.model.predict(mnist.x_test[:64], verbose=0)
     np.testing.assert_allclose(ours, logits["seq"], atol=1e-4)
     assert _agreement(ours, logits["seq"]) == 1.0
+    from_h5 = hm.load_model(out / "seq.h5", 4).predict(mnist.x_test[:64], verbose=0)
+    np.testing.assert_allclose(from_h5, logits["seq"], atol=1e-4)
 
 
 def test_keras3_functional_chain_converts_and_branching_is_refused(keras3_files, mnist):
@@ -175,6 +178,22 @@ def test_flat_input_model_runs_privately(tmp_path, keras, mnist):
     assert _agreement(private.predict(images), model.predict(images, verbose=0)) == 1.0
 
 
+def test_colour_input_model_runs_privately(tmp_path, keras):
+    """A 32x32x3 input: calibrated on seeded noise in [0, 1), shared, predicted."""
+    keras.utils.set_random_seed(6)
+    L = keras.layers
+    model = keras.Sequential([L.Conv2D(4, (3, 3), strides=(2, 2), activation="relu",
+                                       input_shape=(32, 32, 3)),
+                              L.AveragePooling2D((3, 3)), L.Flatten(), L.Dense(10)])
+    model.save(tmp_path / "colour.keras")  # tf_keras' own .keras: a Keras 2 config inside
+    loaded = hm.load_model(tmp_path / "colour.keras", 4)
+    assert loaded.input_shape == (4, 32, 32, 3)
+    images = np.random.default_rng(1).random((4, 32, 32, 3), dtype=np.float32)
+    private = PrivateModel(loaded, "securenn").predict(images)
+    plain = model.predict(images, verbose=0)
+    assert _agreement(private, plain) == 1.0 and np.max(np.abs(private - plain)) < 0.05
+
+
 def test_functional_chain_becomes_sequential(tmp_path, keras, mnist):
     inp = keras.Input((28, 28, 1))
     x = keras.layers.Conv2D(4, (3, 3), activation="relu")(inp)
@@ -187,6 +206,15 @@ def test_functional_chain_becomes_sequential(tmp_path, keras, mnist):
     probe = mnist.x_test[:16]
     np.testing.assert_allclose(converted.predict(probe, verbose=0),
                                model.predict(probe, verbose=0), atol=1e-5)
+    model.save(tmp_path / "saved_model")  # a SavedModel directory, as tf_keras writes it
+    from_dir = hm.load_model(tmp_path / "saved_model", 2)
+    np.testing.assert_allclose(from_dir.predict(probe, verbose=0),
+                               model.predict(probe, verbose=0), atol=1e-5)
+    import tensorflow as tf
+
+    tf.saved_model.save(tf.Module(), str(tmp_path / "bare"))
+    with pytest.raises(InputError, match="bare: a SavedModel without Keras metadata"):
+        hm.load_model(tmp_path / "bare", 1)
 
 
 def test_branching_functional_is_refused_naming_the_layer(tmp_path, keras):
@@ -206,6 +234,11 @@ def test_layers_without_a_private_counterpart_are_refused(tmp_path, keras):
                     L.BatchNormalization(name="late_bn")],
         "relu6": [L.Flatten(input_shape=(28, 28, 1)), L.ReLU(max_value=6.0, name="relu6")],
     }
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    cases["mine"] = [L.Flatten(input_shape=(28, 28, 1)), Doubler(name="mine")]
     for name, layers in cases.items():
         keras.Sequential(layers).save(tmp_path / f"{name}.h5")
         with pytest.raises(UnsupportedModelError, match=f"layer '{name}'"):

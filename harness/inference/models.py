@@ -9,7 +9,8 @@ batch size, converted and checked by :mod:`harness.inference.convert`. It accept
   Keras 3 (whose config is rebuilt in legacy Keras, as for ``.keras``);
 - ``.keras``: a Keras 3 archive (a zip of ``config.json`` and ``model.weights.h5``); its
   config is read as JSON and rebuilt layer by layer in legacy Keras, the weights read
-  with h5py. Keras 3 itself is never imported here: tf-encrypted runs legacy Keras;
+  with h5py. Keras 3 itself is never imported here: tf-encrypted runs legacy Keras.
+  (An archive written by tf_keras, ``keras_version`` 2.x, is read by tf_keras.);
 - a SavedModel directory written by legacy Keras (it has ``keras_metadata.pb``).
 
 ``load_data(path)`` reads ``--data FILE.npz`` (arrays ``x`` and ``y``). Every refusal
@@ -167,13 +168,18 @@ def _read_keras_archive(path: Path) -> Any:
                 raise InputError(f"{path}: the archive lacks {', '.join(sorted(missing))}; "
                                  "re-save the model with model.save('m.keras').")
             config = json.loads(archive.read("config.json"))
-            with archive.open("model.weights.h5") as raw, h5py.File(raw, "r") as f:
-                return keras3_model(config, _archive_weights(f), path)
+            meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+            by_tf_keras = str(meta.get("keras_version", "3.")).startswith("2.")
+            if not by_tf_keras:
+                with archive.open("model.weights.h5") as raw, h5py.File(raw, "r") as f:
+                    return keras3_model(config, _archive_weights(f), path)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(f"{path}: cannot read this Keras archive ({exc}); it may be "
                          "corrupt. Re-save it with model.save('m.keras').") from exc
+    _check_classes(config, path)  # written by tf_keras (keras_version 2.x): it reads its own
+    return _tf_keras_load(path)
 
 
 def _archive_weights(f: Any) -> Callable[[str], list[np.ndarray] | None]:
