@@ -196,8 +196,10 @@ def _fold_batchnorm(spec: _Spec, layer: Any, where: str) -> str:
 def _convert_layer(layer: Any, specs: list[_Spec], where: str) -> str | None:
     """Append what ``layer`` becomes to ``specs``; returns the step done (None: kept)."""
     kind = type(layer).__name__
-    if kind in NO_OPS or kind == "InputLayer":
-        return None if kind == "InputLayer" else f"removed {kind} {layer.name!r} (no-op at inference)"
+    if kind == "InputLayer":
+        return None
+    if kind in NO_OPS:
+        return f"removed {kind} {layer.name!r} (no-op at inference)"
     if kind == "BatchNormalization":
         before = specs[-1] if specs else None
         if before is None or before.kind not in ("Conv2D", "Dense") \
@@ -220,7 +222,8 @@ def _convert_layer(layer: Any, specs: list[_Spec], where: str) -> str | None:
         return f"ReLU {layer.name!r} -> Activation('relu')"
     if kind not in KEPT:
         raise _refuse(where, layer.name, kind,
-                      f"has no private counterpart in tf-encrypted. Supported: {_supported_text()}.")
+                      "has no private counterpart in tf-encrypted. Supported: "
+                      f"{_supported_text()}.")
     cfg = layer.get_config()
     for key in ("batch_input_shape", "input_shape", "batch_shape"):
         cfg.pop(key, None)

@@ -341,7 +341,8 @@ def load_data(path: str | os.PathLike[str],
         missing = [k for k in ("x", "y") if k not in npz.files]
         if missing:
             raise InputError(f"{path}: lacks array(s) {', '.join(missing)} (has "
-                             f"{', '.join(sorted(npz.files)) or 'none'}); --data takes {_DATA_HELP}.")
+                             f"{', '.join(sorted(npz.files)) or 'none'}); --data takes "
+                             f"{_DATA_HELP}.")
         try:
             x, y = npz["x"], npz["y"]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
