@@ -64,8 +64,7 @@ def _ring_uniform(shape: list[int], seed: tf.Tensor) -> tf.Tensor:
     return secure_random.seeded_random_uniform(shape, I64.min, I64.max, I64, seed=seed)
 
 
-def _field(shape: list[int], seed: tf.Tensor, modulus: int, low: int = 0) -> tf.Tensor:
-    return secure_random.seeded_random_uniform(shape, low, modulus, tf.int8, seed=seed)
+_field = fused_compare.field_uniform
 
 
 def _odd_add(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:

@@ -35,6 +35,13 @@ def _ops() -> Any:
     return secure_random.secure_random_module  # the one library of our ops
 
 
+def field_uniform(shape: Any, seed: tf.Tensor, modulus: int, low: int = 0) -> tf.Tensor:
+    """Uniform int8 elements of [low, modulus) from a seed (``HarnessFieldUniform``:
+    ChaCha20, one keystream byte per candidate, rejection sampling, no bias)."""
+    return _ops().harness_field_uniform(tf.constant(list(shape), tf.int32), seed,
+                                        low=low, range=modulus - low)
+
+
 def compare_share(x_bits: tf.Tensor, r: tf.Tensor, beta: tf.Tensor, edge: tf.Tensor,
                   mask: tf.Tensor, party: int, modulus: int, fused: bool = True,
                   out_dtype: tf.DType = tf.int8) -> tf.Tensor:
@@ -99,7 +106,7 @@ def private_compare(prot: Any, x_bits: Any, r: Any, beta: Any) -> Any:
             # tf-encrypted's edge-case constant, shared as it shares it (from server0)
             edge_raw = prot.prime_factory.tensor(tf.constant([EDGE_CASE], tf.int64))
             edge = prot._share_and_wrap(edge_raw, False)  # noqa: SLF001
-            mask = secure_random.random_uniform(x_bits.shape, 1, p, dtype=tf.int8)
+            mask = field_uniform(x_bits.shape.as_list(), secure_random.secure_seed(), p, low=1)
         masked = []
         for i, server in enumerate(servers):
             with tf.device(server.device_name):

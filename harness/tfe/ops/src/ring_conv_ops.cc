@@ -52,6 +52,17 @@ Geometry Window(int64_t in, int64_t k, int64_t stride, bool same) {
   return g;
 }
 
+// sum_k a[k] * b[k] modulo 2^64. On x86-64 GCC also emits an AVX-512 clone
+// (64-bit vector multiplies), picked at load time only where the CPU has it.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+__attribute__((target_clones("arch=skylake-avx512", "default")))
+#endif
+uint64_t DotU64(const uint64_t* a, const uint64_t* b, int64_t n) {
+  uint64_t acc = 0;
+  for (int64_t k = 0; k < n; ++k) acc += a[k] * b[k];
+  return acc;
+}
+
 REGISTER_OP("HarnessRingConv2d")
     .Input("x: int64")
     .Input("w: int64")
@@ -155,16 +166,7 @@ class RingConv2dOp : public OpKernel {
         uint64_t* out = yd + ni * o * pixels + pix;
         for (int64_t oi = 0; oi < o; ++oi) {
           const uint64_t* f = filt.data() + oi * k_len;
-          uint64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-          int64_t k = 0;
-          for (; k + 4 <= k_len; k += 4) {
-            acc0 += f[k] * patch[k];
-            acc1 += f[k + 1] * patch[k + 1];
-            acc2 += f[k + 2] * patch[k + 2];
-            acc3 += f[k + 3] * patch[k + 3];
-          }
-          for (; k < k_len; ++k) acc0 += f[k] * patch[k];
-          out[oi * pixels] = acc0 + acc1 + acc2 + acc3;
+          out[oi * pixels] = DotU64(f, patch.data(), k_len);
         }
       }
     };

@@ -15,6 +15,7 @@
 //       (mod modulus), as int64 [...].
 //   HarnessBitsSub(r, u)       bit j of r minus u[..., j] (mod modulus).
 
+#include <atomic>
 #include <cstdint>
 
 #include "tensorflow/core/framework/op.h"
@@ -22,6 +23,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/util/work_sharder.h"
 
 namespace harness_ops {
 namespace {
@@ -40,20 +42,36 @@ namespace errors = ::tensorflow::errors;
 constexpr int kBits = 64;
 constexpr int64_t kMaxModulus = 1 << 15;
 
-// Residue of v modulo the field size, in [0, modulus). kP > 0 fixes the
-// modulus at compile time (the division becomes a multiplication).
-template <int kP>
-struct Field {
-  int32_t p;
-  explicit Field(int32_t modulus) : p(kP > 0 ? kP : modulus) {}
-  int32_t Mod(int64_t v) const {
-    const int32_t m = kP > 0 ? kP : p;
-    int64_t r = v % m;
-    return static_cast<int32_t>(r < 0 ? r + m : r);
+// Canonical residue in [0, p) of a stored field element. int8 values (our wire
+// format) go through a 256-entry table; wider ones through one division.
+class Canon {
+ public:
+  explicit Canon(int32_t p) : p_(p) {
+    for (int v = -128; v < 128; ++v) {
+      const int32_t r = v % p;
+      table_[v + 128] = static_cast<int16_t>(r < 0 ? r + p : r);
+    }
   }
-  // a, b in [0, p): products stay far below 2^31.
-  int32_t Mul(int32_t a, int32_t b) const { return Mod(a * b); }
+  int32_t operator()(int8_t v) const { return table_[v + 128]; }
+  template <typename T>
+  int32_t operator()(T v) const {
+    const int64_t r = static_cast<int64_t>(v) % p_;
+    return static_cast<int32_t>(r < 0 ? r + p_ : r);
+  }
+  int32_t p() const { return p_; }
+
+ private:
+  int32_t p_;
+  int16_t table_[256];
 };
+
+// a mod p for 0 <= a < 2^31; kP > 0 fixes p at compile time (a multiply and
+// shift instead of a division).
+template <int kP>
+inline int32_t Reduce(int32_t a, int32_t p) {
+  return static_cast<int32_t>(static_cast<uint32_t>(a) %
+                              static_cast<uint32_t>(kP > 0 ? kP : p));
+}
 
 absl::Status ReadModulus(OpKernelConstruction* ctx, int32_t* modulus) {
   int64_t m = 0;
@@ -146,38 +164,44 @@ REGISTER_OP("HarnessBitsSub")
 //                               (s_j and 1 added by party 0)
 //   c_j = edge_j where beta = 1 and s = 0 (tf-encrypted's edge case, r = -1)
 //   out_j = c_j * mask_j.
+// beta must be a bit. Returns false if some beta is not.
 template <int kP, typename T, typename Tb, typename Tm, typename Tout>
-void CompareRows(const Field<kP>& f, bool party0, const T* x, const int64_t* r,
+bool CompareRows(const Canon& canon, bool party0, const T* x, const int64_t* r,
                  const Tb* beta, const T* edge, const Tm* mask, Tout* out,
-                 int64_t rows) {
-  int32_t edge_mod[kBits];
-  for (int j = 0; j < kBits; ++j) edge_mod[j] = f.Mod(edge[j]);
-  const int32_t p = f.p;
-  for (int64_t n = 0; n < rows; ++n) {
-    const int32_t b = f.Mod(beta[n]);
+                 int64_t begin, int64_t end) {
+  const int32_t p = canon.p();
+  const int32_t pub = party0 ? 1 : 0;  // public terms are added by party 0
+  int32_t edge_c[kBits], xc[kBits], after[kBits];
+  for (int j = 0; j < kBits; ++j) edge_c[j] = canon(edge[j]);
+  for (int64_t n = begin; n < end; ++n) {
+    const int32_t b = canon(beta[n]);
+    if (b > 1) return false;
     const uint64_t s = static_cast<uint64_t>(r[n]) + static_cast<uint64_t>(b);
     const T* xn = x + n * kBits;
     const Tm* mn = mask + n * kBits;
     Tout* on = out + n * kBits;
     if (b == 1 && s == 0) {
       for (int j = 0; j < kBits; ++j) {
-        on[j] = static_cast<Tout>(f.Mul(edge_mod[j], f.Mod(mn[j])));
+        on[j] = static_cast<Tout>(Reduce<kP>(edge_c[j] * canon(mn[j]), p));
       }
       continue;
     }
-    const int32_t sign = f.Mod(1 - 2 * b);  // select(beta, 1, -1)
+    // sum_{k > j} w_k, unreduced (< 64 p)
     int32_t wsum = 0;
     for (int j = kBits - 1; j >= 0; --j) {
-      const int32_t sj = static_cast<int32_t>((s >> j) & 1u);
-      const int32_t xj = f.Mod(xn[j]);
-      const int32_t pub = party0 ? sj : 0;
-      // (s_j - x_j) * sign + 1 + wsum, all mod p
-      int32_t c = f.Mod((pub - xj + p) * sign + (party0 ? 1 : 0) + wsum);
-      on[j] = static_cast<Tout>(f.Mul(c, f.Mod(mn[j])));
-      // w_j = x_j + s_j (party 0) - 2 x_j s_j
-      wsum = f.Mod(wsum + xj + pub - 2 * xj * sj + 2 * p);
+      const int32_t xj = canon(xn[j]);
+      xc[j] = xj;
+      after[j] = wsum;
+      wsum += ((s >> j) & 1u) ? pub - xj + p : xj;
+    }
+    // (s_j - x_j) * sign + 1 + after_j, kept non-negative by adding p
+    for (int j = 0; j < kBits; ++j) {
+      const int32_t d = (((s >> j) & 1u) ? pub : 0) - xc[j];
+      const int32_t c = (b ? -d : d) + pub + after[j] + p;
+      on[j] = static_cast<Tout>(Reduce<kP>(Reduce<kP>(c, p) * canon(mn[j]), p));
     }
   }
+  return true;
 }
 
 template <typename T, typename Tb, typename Tm, typename Tout>
@@ -211,16 +235,26 @@ class CompareShareOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
     const int64_t rows = r.NumElements();
-    auto run = [&](const auto& f) {
-      CompareRows(f, party0_, x.flat<T>().data(), r.flat<int64_t>().data(),
-                  beta.flat<Tb>().data(), edge.flat<T>().data(),
-                  mask.flat<Tm>().data(), out->flat<Tout>().data(), rows);
+    const Canon canon(modulus_);
+    std::atomic<bool> bits_ok{true};
+    auto rows_of = [&](int64_t begin, int64_t end) {
+      const bool ok =
+          modulus_ == 107
+              ? CompareRows<107>(canon, party0_, x.flat<T>().data(),
+                                 r.flat<int64_t>().data(), beta.flat<Tb>().data(),
+                                 edge.flat<T>().data(), mask.flat<Tm>().data(),
+                                 out->flat<Tout>().data(), begin, end)
+              : CompareRows<0>(canon, party0_, x.flat<T>().data(),
+                               r.flat<int64_t>().data(), beta.flat<Tb>().data(),
+                               edge.flat<T>().data(), mask.flat<Tm>().data(),
+                               out->flat<Tout>().data(), begin, end);
+      if (!ok) bits_ok = false;
     };
-    if (modulus_ == 107) {
-      run(Field<107>(modulus_));
-    } else {
-      run(Field<0>(modulus_));
-    }
+    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, 20 * kBits,
+                        rows_of);
+    OP_REQUIRES(ctx, bits_ok.load(),
+                errors::InvalidArgument("beta must hold bits (0 or 1)"));
   }
 
  private:
@@ -228,14 +262,16 @@ class CompareShareOp : public OpKernel {
   bool party0_ = true;
 };
 
-template <int kP, typename T>
-void ZeroCountRows(const Field<kP>& f, const T* c0, const T* c1, int64_t* out,
-                   int64_t rows) {
-  for (int64_t n = 0; n < rows; ++n) {
+template <typename T>
+void ZeroCountRows(const Canon& canon, const T* c0, const T* c1, int64_t* out,
+                   int64_t begin, int64_t end) {
+  const int32_t p = canon.p();
+  for (int64_t n = begin; n < end; ++n) {
     int64_t zeros = 0;
     for (int j = 0; j < kBits; ++j) {
       const int64_t k = n * kBits + j;
-      zeros += f.Mod(static_cast<int64_t>(f.Mod(c0[k])) + f.Mod(c1[k])) == 0;
+      const int32_t d = canon(c0[k]) + canon(c1[k]);  // in [0, 2p)
+      zeros += (d == 0) | (d == p);
     }
     out[n] = zeros;
   }
@@ -263,30 +299,30 @@ class ZeroCountOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, lead, &out));
     const int64_t rows = lead.num_elements();
-    auto run = [&](const auto& f) {
-      ZeroCountRows(f, c0.flat<T>().data(), c1.flat<T>().data(),
-                    out->flat<int64_t>().data(), rows);
+    const Canon canon(modulus_);
+    auto rows_of = [&](int64_t begin, int64_t end) {
+      ZeroCountRows(canon, c0.flat<T>().data(), c1.flat<T>().data(),
+                    out->flat<int64_t>().data(), begin, end);
     };
-    if (modulus_ == 107) {
-      run(Field<107>(modulus_));
-    } else {
-      run(Field<0>(modulus_));
-    }
+    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, 8 * kBits,
+                        rows_of);
   }
 
  private:
   int32_t modulus_ = 0;
 };
 
-template <int kP, typename T, typename Tout>
-void BitsSubRows(const Field<kP>& f, const int64_t* r, const T* u, Tout* out,
-                 int64_t rows) {
-  for (int64_t n = 0; n < rows; ++n) {
+template <typename T, typename Tout>
+void BitsSubRows(const Canon& canon, const int64_t* r, const T* u, Tout* out,
+                 int64_t begin, int64_t end) {
+  const int32_t p = canon.p();
+  for (int64_t n = begin; n < end; ++n) {
     const uint64_t v = static_cast<uint64_t>(r[n]);
     for (int j = 0; j < kBits; ++j) {
       const int64_t k = n * kBits + j;
-      const int32_t bit = static_cast<int32_t>((v >> j) & 1u);
-      out[k] = static_cast<Tout>(f.Mod(bit - f.Mod(u[k]) + f.p));
+      const int32_t d = static_cast<int32_t>((v >> j) & 1u) - canon(u[k]);
+      out[k] = static_cast<Tout>(d < 0 ? d + p : d);
     }
   }
 }
@@ -305,15 +341,14 @@ class BitsSubOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, u.shape(), &out));
     const int64_t rows = r.NumElements();
-    auto run = [&](const auto& f) {
-      BitsSubRows(f, r.flat<int64_t>().data(), u.flat<T>().data(),
-                  out->flat<Tout>().data(), rows);
+    const Canon canon(modulus_);
+    auto rows_of = [&](int64_t begin, int64_t end) {
+      BitsSubRows(canon, r.flat<int64_t>().data(), u.flat<T>().data(),
+                  out->flat<Tout>().data(), begin, end);
     };
-    if (modulus_ == 107) {
-      run(Field<107>(modulus_));
-    } else {
-      run(Field<0>(modulus_));
-    }
+    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, 6 * kBits,
+                        rows_of);
   }
 
  private:
