@@ -207,7 +207,9 @@ def _driver() -> None:
                 counts = [summary(comm.count(matmul, x, y, players=players)) for _ in range(2)]
                 report["matmul"][f"{variant}-{flip}"] = {
                     "first_call": summary(comm.count_graphs(graphs[0], players, [first])),
-                    "counts": counts, "product": first.numpy().tolist()}
+                    "counts": counts, "product": first.numpy().tolist(),
+                    # counting runs the trace the calls run: no second trace
+                    "traces": comm._graph_function(matmul).experimental_get_tracing_count()}
 
         server0, server1 = (config.get_player(n).device_name for n in SERVERS)
 
@@ -282,6 +284,7 @@ def test_matmul_counts_match_hand_computation(measured, code, flip):
     # the same figures from the function's own first instantiation, and again later
     assert case["first_call"] == expected
     assert case["counts"][1] == expected
+    assert case["traces"] == 1
     x = np.arange(B * K).reshape(B, K)
     y = np.arange(K * M).reshape(K, M) - 5
     assert case["product"] == (x @ y).tolist()
