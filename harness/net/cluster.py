@@ -337,8 +337,8 @@ class Cluster:
         owners[os.getpid()] = "driver"
         sockets = _tcp_sockets()
         sent: dict[tuple[str, str], int] = {}
-        for local, (pid, peer, nbytes) in sockets.items():
-            peer_pid = sockets.get(peer, (None,))[0]
+        for (local, peer), (pid, nbytes) in sockets.items():
+            peer_pid = sockets.get((peer, local), (None,))[0]
             if pid in owners and peer_pid in owners:
                 key = (owners[pid], owners[peer_pid])
                 sent[key] = sent.get(key, 0) + nbytes

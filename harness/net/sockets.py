@@ -68,13 +68,14 @@ def proc_field(pid: int, table: str, key: str) -> int:
     raise KeyError(f"{key} not in /proc/{pid}/{table}")
 
 
-def tcp_sockets() -> dict[str, tuple[int, str, int]]:
-    """Established TCP sockets: local address -> (owner pid, peer address, bytes sent)."""
+def tcp_sockets() -> dict[tuple[str, str], tuple[int, int]]:
+    """Established TCP sockets: (local, peer) address -> (owner pid, bytes sent). Keyed by
+    both ends: every connection a server accepts shares its local address."""
     if shutil.which("ss") is None:
         raise SocketError("measuring traffic needs `ss` (Debian package iproute2)")
     out = subprocess.run(["ss", "-tinpHn", "state", "established"], capture_output=True,
                          text=True, check=True).stdout
-    found: dict[str, tuple[int, str, int]] = {}
+    found: dict[tuple[str, str], tuple[int, int]] = {}
     head: list[str] | None = None
     for line in out.splitlines():
         if not line.startswith(("\t", " ")):
@@ -85,7 +86,7 @@ def tcp_sockets() -> dict[str, tuple[int, str, int]]:
         pid = int(" ".join(head).split("pid=", 1)[1].split(",", 1)[0])
         nbytes = next((int(f.split(":", 1)[1]) for f in line.split()
                        if f.startswith("bytes_sent:")), 0)
-        found[head[2]] = (pid, head[3], nbytes)
+        found[(head[2], head[3])] = (pid, nbytes)
         head = None
     return found
 

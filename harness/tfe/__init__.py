@@ -64,14 +64,18 @@ def activate() -> ModuleType:
             "tf_encrypted was imported before the harness could patch it. "
             "Call `harness.tfe.activate()` first (it imports tf_encrypted for you)."
         )
-    from harness.tfe import layers, ports, security, speed  # noqa: PLC0415
+    from harness.tfe import layers, ports, quiet, security, speed  # noqa: PLC0415
 
     check_versions()
-    ports.select_legacy_keras()
-    ports.provide_while_v2_names()
-    ports.install_op_modules()
-    with ports.quiet_unbuilt_op_loaders():
-        import tf_encrypted as tfe  # noqa: PLC0415
+    with quiet.startup():
+        ports.select_legacy_keras()
+        import tensorflow as tf  # noqa: PLC0415
+
+        tf.config.list_logical_devices()  # device set-up (and CUDA probing) happens now
+        ports.provide_while_v2_names()
+        ports.install_op_modules()
+        with ports.quiet_unbuilt_op_loaders():
+            import tf_encrypted as tfe  # noqa: PLC0415
     ports.apply_imported()
     layers.apply_imported()
     security.apply_imported()

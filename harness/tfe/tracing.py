@@ -11,10 +11,31 @@ in a fraction of the time.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import random
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import tensorflow as tf
 from tf_encrypted.protocol import protocol as _tfe_protocol
+
+
+@contextmanager
+def fixed_layout(seed: int = 0) -> Iterator[None]:
+    """Trace with Python's ``random`` in a fixed state, restored afterwards.
+
+    tf-encrypted (and our ``pair-keys`` change) flip Python coins while tracing to spread
+    work between server0 and server1: which of them samples a public mask, which one gets
+    the seeded share. The choice is part of the graph every party sees, not a secret, and
+    no value depends on it; fixing it makes the same model trace to the same graph, so
+    its communication is identical from run to run (``harness.inference.comm``).
+    Secret randomness comes from our ops (OS CSPRNG + ChaCha20), never from ``random``.
+    """
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def compile_step(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -18,7 +18,7 @@ shares it would have been sent; no other party ever gets it. A product share
 from __future__ import annotations
 
 import itertools
-import secrets
+import random
 import weakref
 from contextlib import nullcontext
 from typing import Any
@@ -76,7 +76,7 @@ def _split(secret: Any, owner: str | None, server0: Any, server1: Any,
     servers: one expanded from a pair seed where it is used, the other ``secret - r``
     sent from the owner (``narrow``: small-field values as int8, ``wire``). Which server
     gets the seed alternates at random, as upstream."""
-    seeded_first = secrets.randbelow(2) == 0
+    seeded_first = random.random() < 0.5  # load balancing, public: see trace_layout
     seeded, other = (server0, server1) if seeded_first else (server1, server0)
     with tf.name_scope("share"):
         seeds = pair_seeds(owner, seeded.device_name)
