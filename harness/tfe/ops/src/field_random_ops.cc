@@ -102,6 +102,14 @@ class FieldUniformOp : public OpKernel {
       const uint32_t* words = stream.words();
       for (int w = 0; w < chacha20::kBatchWords && i < n; ++w) {
         const uint32_t word = words[w];
+        if (i + 4 <= n) {  // branch-free: a rejected byte is overwritten next
+          for (int k = 0; k < 4; ++k) {
+            const int16_t v = table_[(word >> (8 * k)) & 0xffu];
+            dst[i] = static_cast<int8_t>(v);
+            i += v != kReject;
+          }
+          continue;
+        }
         for (int k = 0; k < 4 && i < n; ++k) {
           const int16_t v = table_[(word >> (8 * k)) & 0xffu];
           if (v != kReject) dst[i++] = static_cast<int8_t>(v);

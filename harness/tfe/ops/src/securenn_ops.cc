@@ -171,7 +171,8 @@ bool CompareRows(const Canon& canon, bool party0, const T* x, const int64_t* r,
                  int64_t begin, int64_t end) {
   const int32_t p = canon.p();
   const int32_t pub = party0 ? 1 : 0;  // public terms are added by party 0
-  int32_t edge_c[kBits], xc[kBits], after[kBits];
+  const bool small = p < (1 << 12);
+  int32_t edge_c[kBits], xc[kBits], sb[kBits], after[kBits];
   for (int j = 0; j < kBits; ++j) edge_c[j] = canon(edge[j]);
   for (int64_t n = begin; n < end; ++n) {
     const int32_t b = canon(beta[n]);
@@ -186,19 +187,25 @@ bool CompareRows(const Canon& canon, bool party0, const T* x, const int64_t* r,
       }
       continue;
     }
-    // sum_{k > j} w_k, unreduced (< 64 p)
+    // Branch-free on the bits of s (random: branches would mispredict).
+    for (int j = 0; j < kBits; ++j) {
+      xc[j] = canon(xn[j]);
+      sb[j] = static_cast<int32_t>((s >> j) & 1u);
+    }
+    // after_j = sum_{k > j} w_k, unreduced (< 64 (p + 1)); w_k = x_k if s_k = 0,
+    // else pub - x_k (+ p)
     int32_t wsum = 0;
     for (int j = kBits - 1; j >= 0; --j) {
-      const int32_t xj = canon(xn[j]);
-      xc[j] = xj;
       after[j] = wsum;
-      wsum += ((s >> j) & 1u) ? pub - xj + p : xj;
+      wsum += xc[j] + sb[j] * (pub + p - 2 * xc[j]);
     }
-    // (s_j - x_j) * sign + 1 + after_j, kept non-negative by adding p
+    // (s_j pub - x_j) * sign + pub + after_j, kept non-negative by adding p
+    // (< 66 (p + 1)); times the mask (< p) it stays below 2^31 for p < 2^12.
+    const int32_t sign = b ? -1 : 1;
     for (int j = 0; j < kBits; ++j) {
-      const int32_t d = (((s >> j) & 1u) ? pub : 0) - xc[j];
-      const int32_t c = (b ? -d : d) + pub + after[j] + p;
-      on[j] = static_cast<Tout>(Reduce<kP>(Reduce<kP>(c, p) * canon(mn[j]), p));
+      const int32_t c = sign * (sb[j] * pub - xc[j]) + pub + after[j] + p;
+      on[j] = static_cast<Tout>(small ? Reduce<kP>(c * canon(mn[j]), p)
+                                      : Reduce<kP>(Reduce<kP>(c, p) * canon(mn[j]), p));
     }
   }
   return true;
