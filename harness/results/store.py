@@ -66,6 +66,8 @@ class Recorder:
     cluster: list[dict[str, Any]] = field(default_factory=list)
     serving_load: list[dict[str, Any]] = field(default_factory=list)  # bench/test_serving_load
     network: list[dict[str, Any]] = field(default_factory=list)  # bench/test_network
+    variants: list[dict[str, Any]] = field(default_factory=list)  # bench/test_variants
+    total_memory: dict[str, Any] = field(default_factory=dict)  # harness.results.rss
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -79,11 +81,13 @@ class Recorder:
             "cluster": self.cluster,
             "serving_load": self.serving_load,
             "network": self.network,
+            "variants": self.variants,
+            "total_memory": self.total_memory,
         }
 
     def empty(self) -> bool:
         return not any((self.accuracy, self.latency, self.communication, self.memory,
-                        self.cluster, self.serving_load, self.network))
+                        self.cluster, self.serving_load, self.network, self.variants))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
