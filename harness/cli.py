@@ -23,7 +23,9 @@ def _predict(args: argparse.Namespace) -> int:
     from harness.inference.evaluate import run
 
     summary = run(args.protocol, args.deployment, args.batch, args.images,
-                  weights=args.weights, cluster_config=args.cluster_config).summary()
+                  weights=args.weights, cluster_config=args.cluster_config, model=args.model,
+                  data=args.data, variant=args.variant).summary()
+    summary = {"model": args.model, "variant": args.variant, **summary}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -170,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deployment", default="inprocess", choices=("inprocess", "cluster"))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--images", type=int, default=100)
+    p.add_argument("--model", default="tutorial", metavar="NAME_OR_PATH",
+                   help="a zoo name (tutorial, A, B, C, D) or a model file: .h5, .keras or a "
+                        "SavedModel directory (default: tutorial)")
+    p.add_argument("--data", default=None, metavar="FILE.npz",
+                   help="test inputs: arrays x (in the model's input shape) and y (labels); "
+                        "default: the offline MNIST test split")
+    p.add_argument("--variant", default="tuned", choices=("stock", "tuned"),
+                   help="tf-encrypted's own protocol code (stock) or with our speed changes")
     p.add_argument("--weights", default=None, help="Keras HDF5 weights (default: the committed ones)")
     p.add_argument("--cluster-config", default=None, metavar="FILE",
                    help="with --deployment cluster: hostmap of hand-started workers "

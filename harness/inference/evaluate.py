@@ -12,7 +12,8 @@ import numpy as np
 from harness.results import metrics
 from harness.inference.data import load_mnist
 from harness.inference.private import PrivateModel, check_protocol, plaintext_predictor
-from models.conv_mnist import WEIGHTS_PATH, load_model
+from harness.inference import models
+from models.conv_mnist import load_model as load_tutorial
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ def fill_batch(images: np.ndarray, batch: int) -> np.ndarray:
 
 def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: int = 200,
         weights: str | None = None, cluster: Any = None, cluster_config: str | None = None,
-        progress: Callable[[int], None] | None = None) -> Run:
-    """Share the seed model under ``protocol`` and predict ``images`` test digits privately.
+        progress: Callable[[int], None] | None = None, model: str = "tutorial",
+        data: str | None = None, variant: str = "tuned") -> Run:
+    """Share ``model`` (a zoo name or a model file; ``weights``: other weights for the
+    tutorial model) under ``protocol`` and predict ``images`` test inputs privately: the
+    offline MNIST test split, or the arrays ``x``, ``y`` of ``data`` (an ``.npz``).
 
     ``deployment="cluster"`` uses ``cluster`` if given, else the hand-started workers of
     ``cluster_config`` (manual mode), else an auto-managed cluster started and stopped here.
@@ -90,11 +94,22 @@ def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: in
         raise ValueError(f"Unknown deployment {deployment!r}; choose one of {DEPLOYMENTS}.")
     if batch < 1 or images < 1:
         raise ValueError("batch and images must be positive")
-    split = load_mnist()
-    x, y = split.x_test[:images], split.y_test[:images]
+    if weights is not None:
+        if model != "tutorial":
+            raise ValueError("--weights is for the tutorial model; give other models as files")
+        keras = load_tutorial(weights, batch_size=batch)
+    else:
+        keras = models.load_model(model, batch)
+    if data is not None:
+        x, y = models.load_data(data, tuple(keras.input_shape[1:]))
+    else:
+        split = load_mnist()
+        x, y = split.x_test, split.y_test
     if len(x) < images:
-        logger.warning("only %d test images available (asked for %d)", len(x), images)
-    model = load_model(weights or WEIGHTS_PATH, batch_size=batch)
+        logger.warning("only %d test inputs available (asked for %d): using %d",
+                       len(x), images, len(x))
+    x, y = x[:images], y[:images]
+    model = keras
     plain = plaintext_predictor(model)
     plain(fill_batch(x, batch))
     with ExitStack() as stack:
@@ -103,7 +118,7 @@ def run(protocol: str, deployment: str = "inprocess", batch: int = 1, images: in
 
             cluster = stack.enter_context(Cluster.manual(cluster_config) if cluster_config
                                           else Cluster())
-        private = PrivateModel(model, protocol,
+        private = PrivateModel(model, protocol, variant=variant,
                                cluster=cluster if deployment == "cluster" else None)
         private.predict(fill_batch(x, batch))
         private_logits, private_s = timed_batches(x, batch, private.predict, progress)
