@@ -38,6 +38,9 @@ CHANGES: dict[str, Change] = {c.name: c for c in (
     Change("dealer-relu", ("securenn",),
            "SecureNN ReLU in 4 rounds / 6 transfers (was ~8 / 22): masks from pair keys, "
            "x's Beaver opening rides with c's, server2 shares t = beta' xor lsb(r) and t*a"),
+    Change("packed-openings", ("pond", "securenn"),
+           "the two Beaver openings of a private x private product travel as one tensor "
+           "per direction instead of two"),
 )}
 
 
@@ -85,7 +88,7 @@ def apply_imported() -> None:
 
     from harness.tfe.patching import replace  # noqa: PLC0415
     from harness.tfe.speed import (compare, dealer_relu, fused_compare,  # noqa: PLC0415
-                                   ring_conv, triples, wire)
+                                   packed_openings, ring_conv, triples, wire)
 
     replace(pond.Pond, "_share", gated("pair-keys", triples.pond_share), wrap=True)
     replace(pond.Pond, "_reconstruct", gated("narrow-wire", wire.reconstruct), wrap=True)
@@ -96,6 +99,7 @@ def apply_imported() -> None:
     compare.remember_original(securenn)
     ring_conv.install(native)
     dealer_relu.install(securenn)
+    packed_openings.install(pond)
 
 
 def configure(prot: Any, protocol: str, changes: frozenset[str]) -> Any:
