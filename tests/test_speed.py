@@ -310,3 +310,33 @@ def test_packed_openings_send_one_tensor_each_way():
         counts[bool(changes)] = len(sent)
     tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
     assert counts == {False: 4, True: 2}, counts
+
+
+def test_report_speed_section_renders_targets_and_changes():
+    from harness.results import report_speed
+
+    def row(deployment, batch, variant, ms, **extra):
+        return {"table": "variants", "model": "tutorial", "protocol": "securenn",
+                "deployment": deployment, "batch": batch, "variant": variant,
+                "median_ms": ms, "per_image_ms": ms / batch, "agreement": 1.0, **extra}
+
+    summary = {"variants": [
+        row("inprocess", 1, "stock", 50.0), row("inprocess", 1, "tuned", 10.0,
+                                                speedup_vs_stock=5.0),
+        row("cluster", 1, "stock", 100.0), row("cluster", 1, "tuned", 40.0,
+                                               speedup_vs_stock=2.5),
+        {"table": "changes", "model": "tutorial", "protocol": "securenn",
+         "deployment": "inprocess", "batch": 1, "spec": "stock", "median_ms": 50.0},
+        {"table": "changes", "model": "tutorial", "protocol": "securenn",
+         "deployment": "inprocess", "batch": 1, "spec": "tuned", "median_ms": 10.0},
+        {"table": "changes", "model": "tutorial", "protocol": "securenn",
+         "deployment": "inprocess", "batch": 1, "spec": "stock+ring-conv",
+         "change": "ring-conv", "median_ms": 40.0, "buys": 1.25, "summary": "direct conv"},
+    ], "total_memory": {"peak_total_rss_mb": 3000.0, "processes_at_peak": 5, "samples": 9,
+                        "duration_s": 4.0, "method": "psutil"}}
+    text = "\n".join(report_speed.section(summary))
+    assert "cluster, batch 1: tuned x2.50 faster than stock (target >= 2): **met**" in text
+    assert "cluster / in-process 4.00 (target <= 1.5" in text and "**not met**" in text
+    assert "| `ring-conv` | direct conv | 40 | 1.25 |" in text
+    assert "3000 MB with 5 processes" in text
+    assert report_speed.section({}) == []
