@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from harness.results.baseline import BASELINE_PATH, bounds_for, load_baseline, violations
 from harness.results.compare import compare  # noqa: F401  (python -m harness compare)
-from harness.results import report_network, report_serving
+from harness.results import report_network, report_serving, report_speed
 from harness.results.plots import render_plot
 from harness.results.store import write_bytes
 from harness.results.report_tables import (
@@ -247,7 +247,8 @@ def render_markdown(summary: dict[str, Any], bench: dict[str, Any] | None = None
                     _accuracy(summary, protocols, baseline_path),
                     _communication(summary, protocols), _memory(summary, protocols),
                     _cluster(summary), _harness_figures(bench), report_network.section(summary),
-                    report_serving.section(summary), _papers(summary)):
+                    report_serving.section(summary), report_speed.section(summary),
+                    _papers(summary)):
         lines += section
     return "\n".join(lines).rstrip() + "\n"
 
