@@ -75,11 +75,13 @@ WIDTH = 64  # ... of this many elements: 4,096 ring elements per secret
 # Fixtures: one protocol instance per name for the whole module
 # ----------------------------------------------------------------------------------
 def _selected(config, option: str, default: str) -> list[str]:
-    """A comma-separated option of the project's conftest (default if not defined)."""
+    """A list option of the harness's pytest plugin (default if not defined)."""
     try:
         value = config.getoption(option)
     except ValueError:
         value = default
+    if isinstance(value, (tuple, list)):
+        return [str(v) for v in value]
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
