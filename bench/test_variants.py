@@ -53,6 +53,14 @@ def _interleaved(predictors: dict[str, Any], x: np.ndarray, benchmark: Any,
     return times
 
 
+def _paired(times: dict[str, list[float]], base: str, name: str) -> float | None:
+    """Median over rounds of base's time / name's time in the same round (robust to the
+    machine's speed drifting between rounds)."""
+    if base not in times:
+        return None
+    return float(np.median(np.asarray(times[base]) / np.asarray(times[name])))
+
+
 def _agreement(model: Any, plain_argmax: np.ndarray, x: np.ndarray) -> float:
     return float(np.mean(np.argmax(model.predict(x), axis=1) == plain_argmax))
 
@@ -83,10 +91,18 @@ def test_variants(benchmark, models, recorder, model, protocol, deployment, batc
                "agreement": _agreement(built[v], plain_argmax, x)}
         if stock is not None:
             row["speedup_vs_stock"] = stock / medians[v]
+            row["paired_speedup_vs_stock"] = _paired(times, "stock", v)
         rows.append(row)
     recorder.variants.extend(rows)
     benchmark.extra_info.update({f"{r['variant']}_median_ms": r["median_ms"] for r in rows})
-    assert all(r["agreement"] == 1.0 for r in rows), rows
+    _check_agreement(protocol, rows)
+
+
+def _check_agreement(protocol: str, rows: list[dict[str, Any]]) -> None:
+    """Exact-ReLU protocols agree with plaintext on every image; Pond's ReLU is a
+    polynomial approximation (by design), so its agreement is only recorded."""
+    if protocol != "pond":
+        assert all(r["agreement"] == 1.0 for r in rows), rows
 
 
 def _change_specs(protocol: str) -> dict[str, frozenset[str]]:
@@ -127,6 +143,7 @@ def test_change_table(benchmark, models, clusters, recorder, model, protocol, de
                "spec": spec, "base": base, "change": change or None,
                "changes": sorted(changes), "median_ms": medians[spec],
                "speedup_vs_stock": medians["stock"] / medians[spec],
+               "paired_speedup_vs_stock": _paired(times, "stock", spec),
                "rounds": len(times[spec]),
                "agreement": _agreement(built[spec], plain_argmax, x)}
         if change:
@@ -139,4 +156,4 @@ def test_change_table(benchmark, models, clusters, recorder, model, protocol, de
     recorder.variants.extend(rows)
     benchmark.extra_info.update({r["spec"]: r["median_ms"] for r in rows})
     del built
-    assert all(r["agreement"] == 1.0 for r in rows), rows
+    _check_agreement(protocol, rows)

@@ -51,16 +51,17 @@ def _variants_table(groups: dict[tuple, dict[str, dict[str, Any]]]) -> list[str]
     names = sorted({v for g in groups.values() for v in g}, key=lambda v: (v != "stock", v))
     lines = ["| model | protocol | deployment | batch | "
              + " | ".join(f"{v} ms (per image)" for v in names)
-             + " | tuned x faster | agreement |",
-             "|" + "---|" * (6 + len(names))]
+             + " | tuned x faster | paired | agreement |",
+             "|" + "---|" * (7 + len(names))]
     for (model, _, deployment, batch), by_variant in groups.items():
         any_row = next(iter(by_variant.values()))
         cells = [f"{_f(by_variant[v]['median_ms'], '.4g')} ({_f(by_variant[v]['per_image_ms'], '.3g')})"
                  if v in by_variant else "-" for v in names]
         tuned = by_variant.get("tuned", {}).get("speedup_vs_stock")
+        paired = by_variant.get("tuned", {}).get("paired_speedup_vs_stock")
         agree = min((r.get("agreement", 1.0) for r in by_variant.values()), default=None)
         lines.append(f"| {model} | {_label(any_row)} | {DEPLOYMENTS.get(deployment, deployment)} "
-                     f"| {batch} | " + " | ".join(cells) + f" | {_f(tuned)} | {_f(agree, '.4g')} |")
+                     f"| {batch} | " + " | ".join(cells) + f" | {_f(tuned)} | {_f(paired)} | {_f(agree, '.4g')} |")
     return lines
 
 
@@ -157,7 +158,8 @@ def section(summary: dict[str, Any]) -> list[str]:
              "*stock* is tf-encrypted 0.9.1's own protocol code with the port and security "
              "fixes only; *tuned* adds every speed change of `harness.tfe.speed` that applies. "
              "The variants of one row were timed interleaved in one test (each round calls "
-             "each once, rotating the order); medians, and ratios of medians.", ""]
+             "each once, rotating the order); medians, and ratios of medians (*paired*: the median "
+             "over rounds of stock's time / tuned's time in the same round).", ""]
     if variants:
         groups = _groups(variants)
         lines += _variants_table(groups) + [""]
