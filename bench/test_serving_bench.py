@@ -36,7 +36,7 @@ from models.conv_mnist import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING_PROTOCOLS = ("securenn", "aby3")
-STEP_LINE = re.compile(r"answered in ([0-9.]+) ms")
+STEP_LINE = re.compile(r"answered \d+ request\(s\) \(batch \d+, slots [^)]*\) in ([0-9.]+) ms")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,7 +1,7 @@
 """Serving under load: C concurrent client processes x R requests against one served model.
 
 Per protocol (SecureNN, ABY3; within ``--protocols``) and batching mode (off:
-``--max-batch 1``; on: ``--max-batch 8 --batch-window 50``) one ``python -m harness
+``--max-batch 1``; on: ``--max-batch 8 --batch-window 150``) one ``python -m harness
 serve --clients 8`` runs on the auto-managed loopback cluster, and 8 long-lived client
 processes (``python -m harness client --stdin``) connect to it and warm up (their first
 request traces the client's functions). A round then writes R image indices to each of
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOAD_PROTOCOLS = ("securenn", "aby3")
 MAX_CLIENTS = 8
 MAX_BATCH = 8
-WINDOW_MS = 50
+WINDOW_MS = 150
 N_IMAGES = 64
 BATCH_LINE = re.compile(r"answered (\d+) request\(s\) \(batch (\d+)")
 
@@ -170,6 +170,24 @@ class LoadDeployment:
                    for c in range(c_count)]
         return last - start, answers
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far: the serving side (owner and workers) and the clients."""
+        import psutil  # noqa: PLC0415
+
+        def total(procs: list[Any]) -> float:
+            found = 0.0
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                    found += t.user + t.system
+                except psutil.Error:
+                    pass
+            return found
+
+        owner = psutil.Process(self.serve.pid)
+        return {"serving": total([owner, *owner.children(recursive=True)]),
+                "clients": total([psutil.Process(p.pid) for p in self.clients])}
+
     def batches_since(self, offset: int) -> tuple[list[int], int]:
         text = self.serve_log.read_text(errors="replace")
         return [int(m.group(1)) for m in BATCH_LINE.finditer(text[offset:])], len(text)
@@ -240,6 +258,7 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
     per_client = 2 if options.quick else 5
     plain, _images = plaintext
     offset = load_deployment.batches_since(0)[1]
+    cpu_before = load_deployment.cpu_seconds()
     out: dict[str, Any] = {}
 
     def one_round() -> None:
@@ -248,6 +267,7 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
 
     benchmark.pedantic(one_round, rounds=1, iterations=1, warmup_rounds=0)
     batches, _ = load_deployment.batches_since(offset)
+    cpu = {k: v - cpu_before[k] for k, v in load_deployment.cpu_seconds().items()}
     lat, errs, agree, parts = [], [], [], {"send_ms": [], "ready_ms": [], "receive_ms": []}
     refused = lost = wrong = 0
     for per in out["answers"]:
@@ -281,7 +301,10 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
            "batches": len(batches), "mean_batch": float(np.mean(batches)) if batches else None,
            # where a client's time goes (medians): sharing and sending, until the result is
            # in its queues, fetching and unmasking it
-           **{f"client_{k}_median": _percentile(v, 50) for k, v in parts.items()}}
+           **{f"client_{k}_median": _percentile(v, 50) for k, v in parts.items()},
+           # CPU seconds per request (2 cores shared by everything)
+           "cpu_s_serving_per_request": cpu["serving"] / total,
+           "cpu_s_clients_per_request": cpu["clients"] / total}
     recorder.serving_load.append(row)
     benchmark.extra_info.update(kind="serving-load", **row)
     print(json.dumps(row))

@@ -286,7 +286,8 @@ def test_batch_window_and_plan() -> None:
     assert plan.rows == ((6, 0), (5, 1), (7, 1))  # by slot, commit order within a slot
     assert plan.rids.tolist() == [6, 5, 7, 0] and plan.counts.tolist() == [1, 2, 0]
     assert plan.refused == ((8, 9), (0, 0))  # a slot that is not served, an impossible id
-    assert compiled_sizes(8) == (1, 8) and compiled_sizes(1) == (1,)
-    assert step_size(1, (1, 8)) == 1 and step_size(2, (1, 8)) == 8
+    assert compiled_sizes(8) == (1, 2, 4, 8) and compiled_sizes(1) == (1,)
+    assert compiled_sizes(6) == (1, 2, 4, 6)
+    assert step_size(1, (1, 8)) == 1 and step_size(2, (1, 8)) == 8 and step_size(3, (1, 2, 4)) == 4
     with pytest.raises(ValueError):
         step_size(9, (1, 8))

@@ -315,14 +315,14 @@ class PredictionClient:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + 2.0
-        # a result takes at least about as long as the fastest recent one did: polling
-        # before half of that only costs the servers RPCs (the first call, which traces
-        # the functions, does not count)
+        # a result takes about as long as the fastest recent one did: each poll before
+        # that costs the servers an RPC, CPU the computation needs (the first request,
+        # which traces the client's functions, does not count)
         fastest = min(self._recent, default=0.0)
-        early = pending.sent_at + 0.5 * fastest - time.perf_counter()
+        early = pending.sent_at + 0.8 * fastest - time.perf_counter()
         if early > 0:
             time.sleep(early)
-        interval = min(0.01, max(0.002, fastest / 40))
+        interval = min(0.02, max(0.002, fastest / 20))
         while True:
             if self._results_ready():
                 ready_at = time.perf_counter()

@@ -83,8 +83,14 @@ def step_size(n: int, sizes: Sequence[int]) -> int:
 
 
 def compiled_sizes(max_batch: int) -> tuple[int, ...]:
-    """Batch sizes the owner compiles: 1 (a lone request is not padded) and B."""
-    return tuple(sorted({1, max_batch}))
+    """Batch sizes the owner compiles: the powers of two below B, and B. A lone request
+    is not padded, and a partial batch is padded to at most twice its rows (each size
+    costs one trace when serving starts)."""
+    sizes, b = {max_batch}, 1
+    while b < max_batch:
+        sizes.add(b)
+        b *= 2
+    return tuple(sorted(sizes))
 
 
 @dataclass(frozen=True)

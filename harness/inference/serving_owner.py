@@ -31,8 +31,8 @@ Who holds what
 
 Batching (``serving_batching``, ``serving_step``): requests committed within
 ``batch_window`` of each other, up to ``max_batch``, run as one private prediction of
-the shared model (compiled for batch 1 and ``max_batch``; a partial batch is padded
-with shares of zero). Each row keeps its own client's mask and goes to that client's
+the shared model (compiled for the powers of two below ``max_batch`` and for
+``max_batch``; a partial batch is padded with shares of zero to the next size). Each row keeps its own client's mask and goes to that client's
 output queue only.
 """
 from __future__ import annotations
@@ -190,8 +190,10 @@ class SharedModel:
         self.window.seen([s for _, s in plan.rows], time.monotonic())
         if plan.refused:
             self.stats.refused += len(plan.refused)
-            logger.warning("refused %d malformed request(s) (slot or id out of range: %s)",
-                           len(plan.refused), ", ".join(f"slot {s}" for _, s in plan.refused))
+            logger.warning("refused %d malformed request(s) (%s out of range)",
+                           len(plan.refused), ", ".join(
+                               f"slot {s}" if not 0 <= s < self.desc.slots else f"id {r}"
+                               for r, s in plan.refused))
         if not plan.n:
             return 0
         size = step_size(plan.n, self._steps)
