@@ -55,17 +55,24 @@ def _variants_table(groups: dict[tuple, dict[str, dict[str, Any]]]) -> list[str]
              "|" + "---|" * (7 + len(names))]
     for (model, _, deployment, batch), by_variant in groups.items():
         any_row = next(iter(by_variant.values()))
-        cells = [f"{_f(by_variant[v]['median_ms'], '.4g')} ({_f(by_variant[v]['per_image_ms'], '.3g')})"
-                 if v in by_variant else "-" for v in names]
+        cells = [_cell(by_variant.get(v)) for v in names]
         tuned = by_variant.get("tuned", {}).get("speedup_vs_stock")
         paired = by_variant.get("tuned", {}).get("paired_speedup_vs_stock")
         agree = min((r.get("agreement", 1.0) for r in by_variant.values()), default=None)
         lines.append(f"| {model} | {_label(any_row)} | {DEPLOYMENTS.get(deployment, deployment)} "
-                     f"| {batch} | " + " | ".join(cells) + f" | {_f(tuned)} | {_f(paired)} | {_f(agree, '.4g')} |")
+                     f"| {batch} | " + " | ".join(cells)
+                     + f" | {_f(tuned)} | {_f(paired)} | {_f(agree, '.4g')} |")
     return lines
 
 
-def _cluster_ratios(groups: dict[tuple, dict[str, dict[str, Any]]]) -> dict[tuple, dict[str, float]]:
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "-"
+    return f"{_f(r['median_ms'], '.4g')} ({_f(r['per_image_ms'], '.3g')})"
+
+
+def _cluster_ratios(groups: dict[tuple, dict[str, dict[str, Any]]]
+                    ) -> dict[tuple, dict[str, float]]:
     """cluster / in-process median per (model, protocol, batch) and variant. The two come
     from different tests (minutes apart): indicative, not side by side."""
     out: dict[tuple, dict[str, float]] = {}
@@ -75,7 +82,8 @@ def _cluster_ratios(groups: dict[tuple, dict[str, dict[str, Any]]]) -> dict[tupl
         local = groups.get((model, protocol, "inprocess", batch), {})
         for v, r in by_variant.items():
             if v in local and local[v].get("median_ms"):
-                out.setdefault((model, protocol, batch), {})[v] = r["median_ms"] / local[v]["median_ms"]
+                ratio = r["median_ms"] / local[v]["median_ms"]
+                out.setdefault((model, protocol, batch), {})[v] = ratio
     return out
 
 
