@@ -5,8 +5,8 @@ worker processes), compiles small private computations with ``compile_step`` and
 counts what TensorFlow sends between the players. Sizes: ring shares are int64
 (8 bytes per element), a pair key is a ``SecureSeed`` (int32[8], 32 bytes), the
 driver's inputs are float32. Which server gets the seed of a sharing is a coin
-flip at trace time (``secrets.randbelow`` in ``harness.tfe.speed.triples``,
-``random.random`` upstream); the driver fixes it (``flip`` 0: server0 gets the
+flip at trace time (``random.random`` in ``harness.tfe.speed.triples`` and
+upstream); the driver fixes it (``flip`` 0: server0 gets the
 seed, 1: server1) so that every link can be computed by hand; both flips are checked.
 
 Sharing N values and revealing ``x + x`` to the client (Pond and SecureNN alike:
@@ -111,8 +111,12 @@ def expected_matmul(variant: str, flip: int) -> dict:
         produced = inputs + B * M * RING  # a_i, b_i and one product share per server
         triples = [("server2", "server0", produced, 3, 0), ("server2", "server1", produced, 3, 0)]
         keys = [(CLIENT, seeded, 2 * KEY, 2, 0)]
+    # the Beaver openings of x and y: one tensor per direction when packed (tuned:
+    # packed-openings), one per opened value in stock
+    openings = 1 if variant == "tuned" else 2
     links = _links(*keys, (CLIENT, other, inputs, 2, 0), *triples,
-                   ("server0", "server1", inputs, 2, 0), ("server1", "server0", inputs, 2, 0),
+                   ("server0", "server1", inputs, openings, 0),
+                   ("server1", "server0", inputs, openings, 0),
                    ("server0", CLIENT, B * M * RING, 1, 0), ("server1", CLIENT, B * M * RING, 1, 0),
                    (CLIENT, "server2", 0, 1, 1))
     driver = _links(("driver", CLIENT, (B * K + K * M) * FLOAT, 2, 0),
@@ -142,13 +146,12 @@ def _driver() -> None:
     @contextmanager
     def coin(flip: int):
         """Fix the trace-time coin flips of who gets a seed: 0 server0, 1 server1."""
-        saved = triples.secrets, random.random
-        triples.secrets = types.SimpleNamespace(randbelow=lambda n: flip)
-        random.random = lambda: 0.75 * flip
+        saved = random.random
+        random.random = lambda: 0.75 * flip  # < 0.5: server0, else server1
         try:
             yield
         finally:
-            triples.secrets, random.random = saved
+            random.random = saved
 
     def reveal_on_client(x):
         out = []
