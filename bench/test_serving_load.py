@@ -44,6 +44,7 @@ MAX_CLIENTS = 8
 MAX_BATCH = 8
 WINDOW_MS = 150
 N_IMAGES = 64
+IDLE_BEFORE_ROUND = 2.0  # s; more than the owner's batching memory (BatchWindow.recent)
 BATCH_LINE = re.compile(r"answered (\d+) request\(s\) \(batch (\d+)")
 
 
@@ -256,6 +257,7 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
     """C clients x R requests each at once; every answer checked against plaintext."""
     benchmark.group = f"serving-load-{load_protocol}"
     per_client = 2 if options.quick else 5
+    time.sleep(IDLE_BEFORE_ROUND)  # start from an idle server: no batching history
     plain, _images = plaintext
     offset = load_deployment.batches_since(0)[1]
     cpu_before = load_deployment.cpu_seconds()

@@ -282,6 +282,14 @@ def test_batch_window_and_plan() -> None:
     assert w.take(1, 0.10) == 0 and w.take(1, 0.151) == 1  # the window bounds the wait
     assert w.take(9, 0.2) == 4 and w.take(9, 0.2, wanted=2) == 2
     assert w.take(1, 5.0) == 1  # the others went quiet over a second ago
+    w.seen([0, 1], 5.0)         # two groups drifted apart: {0, 1} then {2, 3}
+    w.seen([2, 3], 5.1)
+    assert w.take(2, 5.2) == 0 and w.take(4, 5.21) == 4  # merged again
+    w.seen([0, 1, 2, 3], 5.3)
+    w.seen([0], 5.4)            # 1-3 left: waited for once more, then no longer
+    assert w.take(1, 5.5) == 0 and w.take(1, 5.56) == 1
+    w.seen([0], 5.6)
+    assert w.take(1, 5.7) == 1
     plan = plan_batch([5, 6, 7, 8, 0], [1, 0, 1, 9, 0], n_slots=3, size=4)
     assert plan.rows == ((6, 0), (5, 1), (7, 1))  # by slot, commit order within a slot
     assert plan.rids.tolist() == [6, 5, 7, 0] and plan.counts.tolist() == [1, 2, 0]

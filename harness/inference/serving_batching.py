@@ -1,7 +1,7 @@
 """Dynamic batching: when the owner starts a batch, and how committed requests become rows.
 
 ``BatchWindow`` decides when to run: at once when ``max_batch`` requests wait (or as
-many as are still wanted, or one from every client seen in the last second), else when
+many as are still wanted, or one from every client of the last two batches), else when
 the oldest waiting request the owner has seen has waited ``window`` seconds. A request
 committed while a batch runs therefore starts at most one batch plus one window after
 it was committed, and is answered one batch later.
@@ -29,17 +29,19 @@ import numpy as np
 class BatchWindow:
     """The owner's gathering rule (``max_batch`` B, ``window`` in seconds).
 
-    A batch starts as soon as every client seen recently (a slot that sent within
-    ``recent`` seconds) has a request waiting, or B requests wait, or the oldest waiting
-    request has waited ``window``: a lone client is never held back by the window, and
-    clients that send in step fill one batch.
+    A batch starts as soon as B requests wait, or every client of the last two batches
+    (within ``recent`` seconds) has a request waiting, or the oldest waiting request has
+    waited ``window``. So a lone client is never held back by the window; clients that
+    send in step fill one batch, and two groups of them that drifted apart are merged
+    again (a group that runs alone waits for the other once). A client that leaves
+    costs the others at most two windows.
     """
 
     max_batch: int = 1
     window: float = 0.0
     recent: float = 1.0
     _first_seen: float | None = field(default=None, init=False)
-    _last_sent: dict[int, float] = field(default_factory=dict, init=False)
+    _history: list[tuple[float, frozenset[int]]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -48,14 +50,16 @@ class BatchWindow:
             raise ValueError("--batch-window must be >= 0 ms")
 
     def seen(self, slots: Sequence[int], now: float) -> None:
-        """Record the slots of requests just taken."""
-        for slot in slots:
-            self._last_sent[int(slot)] = now
+        """Record the slots of the requests just taken into a batch."""
+        self._history = (self._history + [(now, frozenset(int(s) for s in slots))])[-2:]
 
     def active(self, now: float) -> int:
-        """Slots that sent a request within ``recent`` seconds."""
-        self._last_sent = {k: t for k, t in self._last_sent.items() if now - t <= self.recent}
-        return len(self._last_sent)
+        """Clients (slots) of the last two batches, if these were recent."""
+        found: set[int] = set()
+        for when, slots in self._history:
+            if now - when <= self.recent:
+                found |= slots
+        return len(found)
 
     def take(self, waiting: int, now: float, wanted: int | None = None) -> int:
         """How many of ``waiting`` committed requests to batch now (0: keep gathering).
