@@ -1,7 +1,7 @@
 """Serving under load: C concurrent client processes x R requests against one served model.
 
 Per protocol (SecureNN, ABY3; within ``--protocols``) and batching mode (off:
-``--max-batch 1``; on: ``--max-batch 8 --batch-window 150``) one ``python -m harness
+``--max-batch 1``; on: ``--max-batch 8 --batch-window 300``) one ``python -m harness
 serve --clients 8`` runs on the auto-managed loopback cluster, and 8 long-lived client
 processes (``python -m harness client --stdin``) connect to it and warm up (their first
 request traces the client's functions). A round then writes R image indices to each of
@@ -41,11 +41,13 @@ from models.conv_mnist import load_model
 REPO = Path(__file__).resolve().parents[1]
 LOAD_PROTOCOLS = ("securenn", "aby3")
 MAX_CLIENTS = 8
-MAX_BATCH = 8
-WINDOW_MS = 150
+# batching "on": the owner's --max-batch and --batch-window (override for experiments)
+MAX_BATCH = int(os.environ.get("HARNESS_LOAD_MAX_BATCH", "8"))
+WINDOW_MS = float(os.environ.get("HARNESS_LOAD_WINDOW_MS", "300"))
 N_IMAGES = 64
 IDLE_BEFORE_ROUND = 2.0  # s; more than the owner's batching memory (BatchWindow.recent)
-BATCH_LINE = re.compile(r"answered (\d+) request\(s\) \(batch (\d+)")
+BATCH_LINE = re.compile(r"answered (\d+) request\(s\) \(batch (\d+), slots [^)]*\) in ([0-9.]+) "
+                        r"ms; before it ([0-9.]+) ms idle, ([0-9.]+) ms gathering")
 
 
 def _session(config: pytest.Config) -> Any:
@@ -189,9 +191,13 @@ class LoadDeployment:
         return {"serving": total([owner, *owner.children(recursive=True)]),
                 "clients": total([psutil.Process(p.pid) for p in self.clients])}
 
-    def batches_since(self, offset: int) -> tuple[list[int], int]:
+    def batches_since(self, offset: int) -> tuple[list[tuple[int, float, float, float]], int]:
+        """The owner's batches logged after ``offset``: (rows, step ms, idle ms before it,
+        gathering ms), and the log's length now."""
         text = self.serve_log.read_text(errors="replace")
-        return [int(m.group(1)) for m in BATCH_LINE.finditer(text[offset:])], len(text)
+        found = [(int(m.group(1)), float(m.group(3)), float(m.group(4)), float(m.group(5)))
+                 for m in BATCH_LINE.finditer(text[offset:])]
+        return found, len(text)
 
     def close(self) -> None:
         for proc in self.clients:
@@ -300,7 +306,13 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
            "latency_ms_mean": float(np.mean(lat)) if lat else None,
            "argmax_agreement": float(np.mean(agree)) if agree else None,
            "max_abs_err": max(errs) if errs else None,
-           "batches": len(batches), "mean_batch": float(np.mean(batches)) if batches else None,
+           "batches": len(batches),
+           "mean_batch": float(np.mean([b[0] for b in batches])) if batches else None,
+           # the owner's time per batch (medians): the private prediction itself, idle
+           # before its first request arrived (clients fetching, unmasking, sending the
+           # next), gathering (the batch window)
+           **{f"owner_{k}_ms_median": _percentile([b[i] for b in batches], 50)
+              for i, k in ((1, "step"), (2, "idle"), (3, "gather"))},
            # where a client's time goes (medians): sharing and sending, until the result is
            # in its queues, fetching and unmasking it
            **{f"client_{k}_median": _percentile(v, 50) for k, v in parts.items()},

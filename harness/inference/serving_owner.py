@@ -32,8 +32,8 @@ Who holds what
 Batching (``serving_batching``, ``serving_step``): requests committed within
 ``batch_window`` of each other, up to ``max_batch``, run as one private prediction of
 the shared model (compiled for the powers of two below ``max_batch`` and for
-``max_batch``; a partial batch is padded with shares of zero to the next size). Each row keeps its own client's mask and goes to that client's
-output queue only.
+``max_batch``; a partial batch is padded with shares of zero to the next size). Each
+row keeps its own client's mask and goes to that client's output queue only.
 """
 from __future__ import annotations
 
@@ -127,13 +127,17 @@ class SharedModel:
         return self.desc
 
     def _warm_up(self) -> None:
-        """Run each compiled step once on padding only (shares of zero made on the
-        servers), so the first client does not wait for tracing."""
+        """Run each compiled step on padding only (shares of zero made on the servers),
+        so the first client does not wait for tracing: twice, the second time to log
+        what a batch of that size costs."""
         for size, step in self._steps.items():
-            start = time.perf_counter()
-            step(tf.zeros([size], tf.int64), tf.zeros([self.desc.slots], tf.int32))
-            logger.info("%s: serving step for batch %d traced and run once in %.1f s",
-                        self.protocol_name, size, time.perf_counter() - start)
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                step(tf.zeros([size], tf.int64), tf.zeros([self.desc.slots], tf.int32))
+                times.append(time.perf_counter() - start)
+            logger.info("%s: serving step for batch %d traced and run in %.1f s, then in "
+                        "%.0f ms", self.protocol_name, size, times[0], times[1] * 1e3)
 
     # serving ------------------------------------------------------------------------------
     def serve(self, num_requests: int | None = None, idle_timeout: float | None = None,
@@ -156,15 +160,18 @@ class SharedModel:
                     self.protocol_name, self.desc.session)
         try:
             poll, last = Poller(), time.monotonic()
+            first_seen = None  # when the owner first saw a request of the next batch
             while (num_requests is None or answered < num_requests) and not self._stop.is_set():
                 wanted = None if num_requests is None else num_requests - answered
                 with self.cluster.guard():  # a dead worker: a ClusterError that names it
                     waiting = queue_size(self.devices[0], self._commit)
-                    take = self.window.take(waiting, time.monotonic(), wanted)
+                    now = time.monotonic()
+                    first_seen = (first_seen or now) if waiting else None
+                    take = self.window.take(waiting, now, wanted)
                     if take:
-                        answered += self._run_batch(take)
+                        answered += self._run_batch(take, (first_seen - last, now - first_seen))
                         poll.reset()
-                        last = time.monotonic()
+                        last, first_seen = time.monotonic(), None
                         continue
                 if waiting:
                     poll.reset()
@@ -181,8 +188,9 @@ class SharedModel:
         logger.info("served %d request(s)", answered)
         return answered
 
-    def _run_batch(self, take: int) -> int:
-        """Dequeue ``take`` commits and answer them in one batch; returns answered."""
+    def _run_batch(self, take: int, before: tuple[float, float] = (0.0, 0.0)) -> int:
+        """Dequeue ``take`` commits and answer them in one batch; returns answered.
+        ``before``: (s idle since the last batch, s spent gathering this one)."""
         with tf.device(self.devices[0]):
             rids, slots = dq.queue_dequeue_many_v2(self._commit, take, [tf.int64, tf.int64])
         rids, slots = rids.numpy(), slots.numpy()  # routing data only: ids and slots
@@ -220,8 +228,9 @@ class SharedModel:
             self.stats.dropped += dropped
             logger.warning("discarded %d uncollected result(s) of a client that does not "
                            "collect them (its output queue was full)", dropped)
-        logger.info("answered %d request(s) (batch %d, slots %s) in %.1f ms", answered, size,
-                    ",".join(str(s) for _, s in plan.rows), ms)
+        logger.info("answered %d request(s) (batch %d, slots %s) in %.1f ms; before it "
+                    "%.1f ms idle, %.1f ms gathering", answered, size,
+                    ",".join(str(s) for _, s in plan.rows), ms, before[0] * 1e3, before[1] * 1e3)
         return answered
 
     def _waiting_results(self) -> int:
