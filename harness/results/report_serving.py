@@ -66,10 +66,16 @@ def section(summary: dict[str, Any]) -> list[str]:
              "throughput counts correct answers over the round's wall time. Every result is "
              "checked against the plaintext logits of its own image: *wrong* = argmax differs, "
              "*refused* = the request got an error back, *lost* = no answer. x single = over "
-             "the single-client sequential row (C = 1, batching off) of the same run.", "",
+             "the single-client sequential row (C = 1, batching off) of the same run; the "
+             "batching modes run minutes apart, so on a shared machine their ratios carry "
+             "that noise. Owner columns (medians per batch): the private prediction, the "
+             "servers idle before the batch's first request arrived (clients fetching, "
+             "unmasking, sending the next one: the clients share the machine's cores), and "
+             "the wait for the batch to fill.", "",
              "| protocol | batching | C x R | throughput /s | x single | p50 ms | p95 ms | "
-             "p99 ms | p95 / single p50 | mean batch | refused | lost | wrong | agreement |",
-             "|" + "---|" * 14]
+             "p99 ms | p95 / single p50 | mean batch | owner step / idle / gathering ms | "
+             "refused | lost | wrong | agreement |",
+             "|" + "---|" * 15]
     verdicts = []
     for r in table:
         base = _baseline(table, r.get("protocol"))
@@ -80,7 +86,10 @@ def section(summary: dict[str, Any]) -> list[str]:
             f"{r.get('clients')} x {r.get('requests_per_client')}",
             _f(r.get("throughput_rps")), _f(speedup), _f(r.get("latency_ms_p50"), ".4g"),
             _f(r.get("latency_ms_p95"), ".4g"), _f(r.get("latency_ms_p99"), ".4g"), _f(p95),
-            _f(r.get("mean_batch")), str(r.get("refused")), str(r.get("lost")),
+            _f(r.get("mean_batch")),
+            " / ".join(_f(r.get(f"owner_{k}_ms_median"), ".0f")
+                       for k in ("step", "idle", "gather")),
+            str(r.get("refused")), str(r.get("lost")),
             str(r.get("wrong")), _f(r.get("argmax_agreement"), ".4g")]) + " |")
         target = TARGET_SPEEDUP.get(str(r.get("protocol")))
         if r.get("batching") and r.get("clients") == TARGET_CLIENTS and target and base:
