@@ -299,3 +299,28 @@ def test_batch_window_and_plan() -> None:
     assert step_size(1, (1, 8)) == 1 and step_size(2, (1, 8)) == 8 and step_size(3, (1, 2, 4)) == 4
     with pytest.raises(ValueError):
         step_size(9, (1, 8))
+
+
+def test_serving_load_report_section_plot_and_files(tmp_path: Path) -> None:
+    from harness.results import report_serving  # noqa: PLC0415
+
+    def row(batching: bool, clients: int, tp: float, p50: float, p95: float,
+            wrong: int = 0) -> dict[str, Any]:
+        return {"protocol": "aby3", "batching": batching, "max_batch": 8 if batching else 1,
+                "window_ms": 300, "clients": clients, "requests_per_client": 5,
+                "throughput_rps": tp, "latency_ms_p50": p50, "latency_ms_p95": p95,
+                "latency_ms_p99": p95, "mean_batch": 8.0, "refused": 0, "lost": 0,
+                "wrong": wrong, "argmax_agreement": 1.0}
+
+    met = {"serving_load": [row(False, 1, 8.0, 120.0, 130.0), row(True, 8, 25.0, 300, 350)]}
+    text = "\n".join(report_serving.section(met))
+    assert "x3.12 (target >= 3)" in text and "**met**" in text
+    missed = {"serving_load": [row(False, 1, 8.0, 120.0, 130.0),
+                               row(True, 8, 25.0, 300, 350, wrong=1)]}
+    assert "**not met**" in "\n".join(report_serving.section(missed))  # a wrong answer
+    assert report_serving.section({"latency": []}) == []
+    assert report_serving.render_plot({}) is None
+    written = report_serving.write_files(tmp_path, met)
+    assert [p.name for p in written] == ["serving_load.png", "serving_load.md"]
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written[1].read_text().startswith("# Serving under load")
