@@ -216,3 +216,39 @@ def test_faults_under_load_do_not_stall_the_others(tmp_path: Path) -> None:
     assert "skipped 1 partial request" in log
     assert finish_s < 60, finish_s  # bounded by --request-timeout once N were answered
     assert not leftover_workers(serve.proc.pid)
+
+
+@pytest.mark.cluster
+def test_sigterm_under_load_stops_everything_within_seconds(tmp_path: Path) -> None:
+    """SIGTERM to the owner while two clients keep sending: it stops within seconds,
+    the clients get one clear error line per request instead of hanging, and nothing is
+    left running."""
+    serve = Serve(tmp_path, "securenn", num_requests=1000,
+                  extra=("--clients", "2", "--max-batch", "2", "--batch-window", "50"))
+    procs: list[subprocess.Popen] = []
+    try:
+        serve.wait_ready()
+        procs = _stdin_clients(serve.hostmap, 2)
+        for p in procs:
+            p.stdin.write("".join(f"{i % 20}\n" for i in range(60)))
+            p.stdin.flush()
+        first = [json.loads(p.stdout.readline()) for p in procs for _ in range(2)]
+        start = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.proc.wait(timeout=60)
+        stop_s = time.monotonic() - start
+        tails = [p.communicate(timeout=300)[0].splitlines() for p in procs]  # closes stdin
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        serve.close()
+    print(f"owner stopped {stop_s:.1f} s after SIGTERM")
+    assert all("logits" in a for a in first), first
+    assert stop_s < 15.0
+    for lines in tails:  # after the stop, every request came back as an error line
+        answers = [json.loads(line) for line in lines]
+        errors = [a for a in answers if "error" in a]
+        assert errors and all("logits" not in a for a in answers[answers.index(errors[0]):])
+        assert "stopped serving" in errors[0]["error"] or "lost the servers" in errors[0]["error"]
+    assert not leftover_workers(serve.proc.pid)
