@@ -4,7 +4,8 @@ For each protocol and shaped network of ``--network`` (e.g. ``--network lan,wan`
 tests are left out without it) a driver subprocess starts
 ``Cluster(network=profile)`` (players in namespaces, links shaped with tc) and predicts
 one digit per request; the benchmark times those requests (group
-``network-<profile>``). The same protocol on a loopback cluster, measured in the same
+``network-<profile>``), per model and batch of the run. The same protocol on a loopback
+cluster, measured in the same
 run, gives the compute time, and ``harness.inference.comm`` the exact bytes per link
 and rounds of one prediction (the driver's transfers included: it feeds the input
 and takes the result), from which ``harness.results.projection`` projects the latency
@@ -45,12 +46,14 @@ from harness.inference.data import load_mnist
 from harness.inference.private import PrivateModel
 from harness.net.cluster import Cluster
 from harness.net.netprofile import parse_network
-from models.conv_mnist import load_model
+from harness.inference.models import load_model
 
 protocol, network, calls = sys.argv[1], parse_network(sys.argv[2]), int(sys.argv[3])
-x = load_mnist().x_test[:1]
+name, batch = sys.argv[4], int(sys.argv[5])
+keras = load_model(name, batch)
+x = load_mnist().x_test[:batch].reshape(batch, *keras.input_shape[1:])
 with Cluster(network=network) as cluster:
-    model = PrivateModel(load_model(batch_size=1), protocol, cluster=cluster)
+    model = PrivateModel(keras, protocol, cluster=cluster)
     model.predict(x)
     info = {"first_call_s": model.timing.first_call_s,
             "network": cluster.shaped.describe() if cluster.shaped else None}
@@ -77,12 +80,12 @@ with Cluster(network=network) as cluster:
 class RemoteDriver:
     """A driver subprocess with its own cluster; ``predict()`` runs one private prediction."""
 
-    def __init__(self, protocol: str, network: str):
+    def __init__(self, protocol: str, network: str, model: str = "tutorial", batch: int = 1):
         self._log = tempfile.TemporaryFile()
         env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--", sys.executable,
-             "-c", _DRIVER, protocol, network, str(CALLS)],
+             "-c", _DRIVER, protocol, network, str(CALLS), model, str(batch)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
         self.info = json.loads(self._line())
 
@@ -114,18 +117,20 @@ class RemoteDriver:
 
 @pytest.fixture(scope="module")
 def loopback():
-    """Per protocol: the loopback median (s) and the traffic of one prediction."""
-    measured: dict[str, dict] = {}
+    """Per protocol, model and batch: the loopback median (s) and the traffic of one
+    prediction."""
+    measured: dict[tuple, dict] = {}
 
-    def get(protocol: str, rounds: int) -> dict:
-        if protocol not in measured:
-            driver = RemoteDriver(protocol, LOOPBACK.name)
+    def get(protocol: str, model: str, batch: int, rounds: int) -> dict:
+        key = (protocol, model, batch)
+        if key not in measured:
+            driver = RemoteDriver(protocol, LOOPBACK.name, model, batch)
             try:
                 times = _timed(driver.predict, rounds)
             finally:
                 driver.close()
-            measured[protocol] = {**driver.info, "median_s": sorted(times)[len(times) // 2]}
-        return measured[protocol]
+            measured[key] = {**driver.info, "median_s": sorted(times)[len(times) // 2]}
+        return measured[key]
 
     return get
 
@@ -139,7 +144,8 @@ def _timed(fn, rounds: int) -> list[float]:
     return times
 
 
-def test_network_latency(benchmark, protocol, network, loopback, options, recorder):
+def test_network_latency(benchmark, protocol, model, network, batch, loopback, options,
+                         recorder):
     ok, reason = ShapedNetwork.available()
     if not ok:
         pytest.skip(f"shaped networks: {reason}")
@@ -147,10 +153,10 @@ def test_network_latency(benchmark, protocol, network, loopback, options, record
         pytest.skip("loopback is the reference every shaped network is compared with")
     if protocol == "pond":
         pytest.skip("pond: the papers' network settings are for SecureNN and ABY3")
-    rounds = 5 if options.quick else 15
+    rounds = 5 if options.quick or batch > 1 else 15
     benchmark.group = f"network-{network.name}"
-    base = loopback(protocol, rounds)
-    driver = RemoteDriver(protocol, network.name)
+    base = loopback(protocol, model, batch, rounds)
+    driver = RemoteDriver(protocol, network.name, model, batch)
     try:
         benchmark.pedantic(driver.predict, rounds=rounds, warmup_rounds=1, iterations=1)
     finally:
@@ -161,7 +167,7 @@ def test_network_latency(benchmark, protocol, network, loopback, options, record
     projection = project(base["median_s"], comm, network.rate, network.rtt,
                          unshaped=["driver"])
     row = {
-        "protocol": protocol, "batch": 1, "network": network.name,
+        "model": model, "protocol": protocol, "batch": batch, "network": network.name,
         "rate_bytes_per_s": network.rate, "rtt_s": network.rtt,
         "delay": described["delay"], "qdisc": described["qdisc"],
         "emulated_ms": emulated_s * 1e3,
@@ -176,7 +182,7 @@ def test_network_latency(benchmark, protocol, network, loopback, options, record
         row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
     benchmark.extra_info.update(row)
     recorder.network.append(row)
-    print(f"\n{protocol} b1 {network.name}: emulated {row['emulated_ms']:.1f} ms "
+    print(f"\n{model} {protocol} b{batch} {network.name}: emulated {row['emulated_ms']:.1f} ms "
           f"(delay {row['delay']}), loopback {row['loopback_ms']:.1f} ms, projected "
           f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "
           f"{projection.latency_s * 1e3:.1f} ms, busiest link {projection.busiest_link} "

@@ -69,7 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         served = run_serve(args.protocol, args.num_requests, config=args.config,
-                           weights=args.weights, hostmap_out=args.hostmap_out,
+                           weights=args.weights, model=args.model,
+                           hostmap_out=args.hostmap_out,
                            idle_timeout=args.idle_timeout, request_timeout=args.request_timeout,
                            clients=args.clients, max_batch=args.max_batch,
                            batch_window_ms=args.batch_window)
@@ -100,7 +101,11 @@ def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="hostmap of hand-started workers server0-2 with a prediction-client "
                         "slot (default: start server0-2 on loopback)")
-    p.add_argument("--weights", default=None, help="Keras HDF5 weights (default: the committed ones)")
+    p.add_argument("--model", default="tutorial", metavar="NAME_OR_PATH",
+                   help="a zoo name (tutorial, A, B, C, D) or a model file: .h5, .keras or a "
+                        "SavedModel directory (default: tutorial)")
+    p.add_argument("--weights", default=None,
+                   help="Keras HDF5 weights of the tutorial model (default: the committed ones)")
     p.add_argument("--hostmap-out", default=None, metavar="PATH",
                    help="write the hostmap the client needs here (atomically, once serving)")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
@@ -122,8 +127,8 @@ def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, metavar="FILE",
                    help="the hostmap written by `serve --hostmap-out`")
     p.add_argument("--image", action="append", metavar="PATH_OR_INDEX",
-                   help="a test-split index or a .npy image (28x28 floats in [0, 1]); "
-                        "repeatable")
+                   help="a test-split index or a .npy input (floats in [0, 1], the served "
+                        "model's input shape or as many values); repeatable")
     p.add_argument("--repeat", type=int, default=1, metavar="K", help="send each image K times")
     p.add_argument("--stdin", action="store_true",
                    help="read one image per line from stdin, answer one JSON line each")

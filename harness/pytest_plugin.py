@@ -109,8 +109,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="test images for accuracy (default: the whole test split)")
     group.addoption("--models", type=parse_models, default=("tutorial",),
                     help="comma-separated zoo names or model files (default: tutorial)")
-    group.addoption("--variants", type=parse_variants, default=("tuned",),
-                    help="protocol code: stock (tf-encrypted's own) and/or tuned (default)")
+    group.addoption("--variants", type=parse_variants, default=None,
+                    help="protocol code: stock (tf-encrypted's own) and/or tuned (default: "
+                         "tuned; the full suite also times stock beside it)")
     group.addoption("--network", type=parse_networks, default=(), dest="network",
                     help="shaped networks for cluster runs: loopback, lan, wan or RATE/RTT "
                          "(e.g. 100mbit/40ms), comma-separated (default: off)")
@@ -130,6 +131,7 @@ class HarnessSession:
     images: int | None
     models: tuple[str, ...]
     variants: tuple[str, ...]
+    compared_variants: tuple[str, ...]
     networks: tuple[Any, ...]
     quick: bool
     cluster_config: str | None
@@ -146,17 +148,21 @@ class HarnessSession:
             raise pytest.UsageError("--deployments manual needs --cluster-config FILE")
         quick = bool(opt("--quick"))
         results = opt("--results-dir") or (config.rootpath / "results")
+        chosen = opt("--variants")
+        # Benchmarks time the tuned code; the stock/tuned comparison runs in the full
+        # suite by default, and wherever --variants names two or more.
+        compared = tuple(chosen) if chosen else (() if quick else ("stock", "tuned"))
         return cls(
             protocols=tuple(opt("--protocols")), deployments=deployments,
             batch_sizes=opt("--batch-sizes") or ((1,) if quick else (1, 32)),
             images=opt("--images"), models=tuple(opt("--models")),
-            variants=tuple(opt("--variants")), networks=tuple(opt("network")),
+            variants=tuple(chosen or ("tuned",)), compared_variants=compared, networks=tuple(opt("network")),
             quick=quick, cluster_config=opt("--cluster-config"), results_dir=Path(results),
         )
 
     def as_dict(self) -> dict[str, Any]:
         keep = ("protocols", "deployments", "batch_sizes", "images", "models", "variants",
-                "quick", "cluster_config")
+                "compared_variants", "quick", "cluster_config")
         out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
                if k in keep}
         out["networks"] = [str(n) for n in self.networks]

@@ -152,6 +152,48 @@ def test_serve_three_requests_from_a_separate_client_process(tmp_path: Path) -> 
     assert not leftover_workers(serve.proc.pid)
 
 
+@pytest.mark.cluster
+def test_serve_a_model_file_with_its_own_input_shape(tmp_path: Path) -> None:
+    """`serve --model FILE`: zoo network A rebuilt with a flat (784,) input, a Dropout and
+    an identity BatchNormalization, saved as HDF5; clients send a test-split index (a
+    28x28x1 digit, reshaped to the model's 784 values) and a .npy of 784 values."""
+    import tf_keras  # noqa: PLC0415
+
+    from harness.inference.data import load_mnist  # noqa: PLC0415
+    from models import zoo  # noqa: PLC0415
+
+    source = zoo.load("A")
+    dense = [layer for layer in source.layers if type(layer).__name__ == "Dense"]
+    flat = tf_keras.Sequential([
+        tf_keras.layers.InputLayer(input_shape=(784,)),
+        tf_keras.layers.Dense(128, activation="relu"), tf_keras.layers.Dropout(0.3),
+        tf_keras.layers.Dense(128), tf_keras.layers.BatchNormalization(),
+        tf_keras.layers.ReLU(), tf_keras.layers.Dense(10)])
+    mine = [layer for layer in flat.layers if type(layer).__name__ == "Dense"]
+    for src, dst in zip(dense, mine):
+        dst.set_weights(src.get_weights())
+    path = tmp_path / "flat-a.h5"
+    flat.save(path)
+    x = load_mnist().x_test[:2].reshape(2, 784)
+    np.save(tmp_path / "one.npy", x[1])
+    serve = Serve(tmp_path, "securenn", num_requests=2, extra=("--model", str(path)))
+    try:
+        serve.wait_ready()
+        done = client(serve.hostmap, "0", tmp_path / "one.npy")
+        assert done.returncode == 0, _clean(done.stderr)[-3000:]
+        rc, out = serve.finish()
+    finally:
+        serve.close()
+    assert rc == 0, serve.log()[-3000:]
+    assert f"model={path}" in out
+    private = np.array([r["logits"] for r in json.loads(done.stdout)["requests"]])
+    plain = flat.predict(x, verbose=0)
+    print(f"served {path.name}: max abs err {np.abs(private - plain).max():.4f}")
+    assert (private.argmax(-1) == plain.argmax(-1)).all()
+    assert np.abs(private - plain).max() < 0.1
+    assert not leftover_workers(serve.proc.pid)
+
+
 # -- trouble -----------------------------------------------------------------------------
 VANISH = r"""
 import os, signal, sys
@@ -215,7 +257,7 @@ def test_bad_and_vanishing_clients_do_not_stop_serving(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("image, message", [
     (np.zeros((28, 27), np.float32), "shape"),
-    (np.zeros((2, 28, 28), np.float32), "shape"),
+    (np.zeros((2, 28, 27), np.float32), "shape"),
     (np.full((28, 28), 255.0, np.float32), "[0, 1]"),
     (np.full((28, 28), -0.5, np.float32), "[0, 1]"),
     (np.full((28, 28), np.inf, np.float32), "NaN or inf"),
@@ -226,7 +268,21 @@ def test_client_refuses_malformed_images_before_sharing(image: np.ndarray, messa
     from harness.inference.private import InputError  # noqa: PLC0415
 
     with pytest.raises(InputError, match=re.escape(message)):
-        check_pixels(image)
+        check_pixels(image, (28, 28, 1))
+
+
+def test_client_takes_inputs_in_the_served_models_shape() -> None:
+    from harness.inference.client import as_examples  # noqa: PLC0415
+    from harness.inference.private import InputError  # noqa: PLC0415
+
+    digit = np.zeros((28, 28), np.float32)
+    for example in ((28, 28, 1), (784,)):
+        one, single = as_examples(digit, example)
+        assert single and one.shape == (1, *example)
+        batch, single = as_examples(np.zeros((3, 28, 28, 1)), example)
+        assert not single and batch.shape == (3, *example)
+    with pytest.raises(InputError, match=r"served model's shape \(784,\)"):
+        as_examples(np.zeros((28, 27)), (784,))
 
 
 # -- slots and batching, without a cluster -----------------------------------------------

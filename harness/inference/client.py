@@ -1,8 +1,12 @@
 """The prediction client: ask a served, secret-shared model for private predictions.
 
     client = PredictionClient("hostmap.json")   # the file `python -m harness serve` wrote
-    logits = client.predict(image)              # (28, 28), (28, 28, 1) or (1, 28, 28, 1)
-    logits = client.predict(images)             # (n, 28, 28, 1): n requests in flight
+    logits = client.predict(image)              # one input in the served model's shape
+    logits = client.predict(images)             # (n, *shape): n requests in flight
+
+An input may also come in any shape with the same number of values per example (an
+MNIST digit as (28, 28) for a model taking (28, 28, 1) or (784,)); the descriptor the
+owner publishes names the model's input and output shapes.
 
 This process takes a free client slot of the hostmap (``serving_slots``; it waits its
 turn, within ``wait``, when every slot is busy) and becomes that task of the cluster:
@@ -54,7 +58,24 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_WAIT = 30.0
-IMAGE_SHAPES = ((28, 28), (28, 28, 1), (1, 28, 28, 1))
+
+
+def as_examples(arr: np.ndarray, example: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """``arr`` as a batch of inputs of shape ``example``, and whether it was one input:
+    exactly ``example`` or ``(n, *example)``, else reshaped where the number of values
+    per example matches (one input, or a leading batch dimension)."""
+    size = int(np.prod(example))
+    if arr.shape == example:
+        return arr.reshape(1, *example), True
+    if arr.shape[1:] == example:
+        return arr, False
+    if arr.size == size:
+        return arr.reshape(1, *example), True
+    if arr.ndim >= 2 and int(np.prod(arr.shape[1:])) == size:
+        return arr.reshape(arr.shape[0], *example), False
+    raise InputError(f"An input must have the served model's shape {example} ({size} values, "
+                     f"or a batch (n, {', '.join(map(str, example))})), got {arr.shape}.")
+
 
 __all__ = ["PredictionClient", "client_bind_host", "connect_as_client"]
 
@@ -274,14 +295,13 @@ class PredictionClient:
 
     # -- requests ------------------------------------------------------------------------
     def prepare(self, image: Any) -> np.ndarray:
-        """Validate one image or a batch ``(n, 28, 28, 1)``; returns float32 ``(n, 28, 28, 1)``."""
+        """Validate one input or a batch of the served model's input shape; returns
+        float32 ``(n, *shape)``."""
         arr = np.asarray(image)
         if arr.dtype.kind not in "fiu":
             raise InputError(f"Images must be numeric, got dtype {arr.dtype}.")
-        if arr.shape in IMAGE_SHAPES:
-            arr = arr.reshape(1, 28, 28, 1)
-        n = arr.shape[0] if arr.ndim == 4 else 1
-        arr = check_images(arr, n, self.fixed_point)
+        arr, _ = as_examples(arr, self.example_shape)
+        arr = check_images(arr, arr.shape[0], self.fixed_point, self.example_shape)
         low, high = float(arr.min()), float(arr.max())
         if low < 0.0 or high > 1.0:
             raise InputError(f"Pixel values must lie in [0, 1], got [{low:g}, {high:g}] "
@@ -305,6 +325,11 @@ class PredictionClient:
         mask_sum = self._send_fn(tf.constant(arr), tf.constant(rid, tf.int64))
         self.timing = {"send_ms": (time.perf_counter() - sent_at) * 1e3}
         return Pending(rid, mask_sum, sent_at)
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """The served model's input shape, one example."""
+        return tuple(self.desc.image_shape[1:])
 
     def _results_ready(self) -> bool:
         outs = self.desc.layout.output_servers
@@ -355,8 +380,9 @@ class PredictionClient:
     def predict(self, image: Any, timeout: float | None = None) -> np.ndarray:
         """Private logits of one image (shape (10,)) or of a batch ((n, 10)); a batch's
         requests are in flight together, so the owner can batch them."""
-        single = np.ndim(image) < 4
-        arr = self.prepare(image)
+        arr = np.asarray(image)
+        single = arr.dtype.kind not in "fiu" or as_examples(arr, self.example_shape)[1]
+        arr = self.prepare(arr)
         out: list[np.ndarray] = []
         try:
             pending: list[Pending] = []

@@ -3,8 +3,10 @@
     python -m harness client --config hm.json --image 7 --image digit.npy --repeat 2
     python -m harness client --config hm.json --stdin     # one image per line, JSON back
 
-Bad input (a file that is not a 28x28 image in [0, 1], NaN, an index outside the test
-split) is refused with one error line before the client touches the cluster. With
+Bad input (a file that is not numeric or not in [0, 1], NaN, an index outside the test
+split) is refused with one error line before the client touches the cluster; an input
+whose shape does not fit the served model's is refused once the client has read that
+shape from the owner's descriptor, before anything is shared. With
 ``--stdin`` each line gets one JSON line back: the result, or ``{"error": ...}`` with
 ``"refused": true`` when the request was refused and never computed.
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.inference.client import DEFAULT_TIMEOUT, DEFAULT_WAIT, IMAGE_SHAPES, PredictionClient
+from harness.inference.client import DEFAULT_TIMEOUT, DEFAULT_WAIT, PredictionClient, as_examples
 from harness.inference.private import InputError
 from harness.inference.serving_layout import ServingError
 
@@ -53,13 +55,13 @@ def load_image(spec: str) -> tuple[np.ndarray, int | None]:
         raise InputError(f"cannot read image {path} as a .npy array: {exc}") from exc
 
 
-def check_pixels(arr: np.ndarray) -> None:
-    """The checks that need no protocol: dtype, a single image's shape, NaN, [0, 1]."""
+def check_pixels(arr: np.ndarray, example: tuple[int, ...] | None = None) -> None:
+    """The checks that need no protocol: dtype, the shape (against the served model's
+    input shape ``example``, once known), NaN, [0, 1]."""
     if arr.dtype.kind not in "fiu":
         raise InputError(f"Images must be numeric, got dtype {arr.dtype}.")
-    if arr.shape not in IMAGE_SHAPES and not (arr.ndim == 4 and arr.shape[1:] == (28, 28, 1)):
-        raise InputError(f"An image must have shape (28, 28), (28, 28, 1) or (1, 28, 28, 1), "
-                         f"got {arr.shape}.")
+    if example is not None:
+        as_examples(arr, example)
     if not np.all(np.isfinite(arr)):
         raise InputError("Image contains NaN or inf.")
     if arr.size and (arr.min() < 0 or arr.max() > 1):
@@ -99,7 +101,7 @@ def _serve_stdin(client: PredictionClient) -> int:
         start = time.perf_counter()
         try:
             image, label = load_image(spec)
-            check_pixels(np.asarray(image))
+            check_pixels(np.asarray(image), client.example_shape)
             logits = client.predict(image)
             result = _result(spec, label, logits, time.perf_counter() - start)
             print(json.dumps({**result, **client.timing}), flush=True)

@@ -29,7 +29,7 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from harness.inference.private import CLIENT, SERVERS, InputError, check_protocol
+from harness.inference.private import CLIENT, SERVERS, InputError, check_model, check_protocol
 from harness.inference.serving_layout import (  # noqa: F401  (re-exported)
     DEFAULT_CAPACITY, LAYOUTS, Layout, ServingDescriptor, ServingError, output_share,
     private_to_raw, raw_to_private, ring_factory)
@@ -75,10 +75,11 @@ def run_serve(protocol: str = "securenn", num_requests: int | None = None,
               hostmap_out: str | None = None, idle_timeout: float | None = None,
               request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
               start_timeout: float = 120.0, clients: int | None = None, max_batch: int = 1,
-              batch_window_ms: float = 20.0) -> int:
-    """Stand up (or join) a cluster, share the model, serve, stop everything; returns
+              batch_window_ms: float = 20.0, model: str = "tutorial") -> int:
+    """Stand up (or join) a cluster, share ``model`` (a zoo name or a model file;
+    ``weights``: other weights for the tutorial model), serve, stop everything; returns
     the number of requests answered."""
-    from models.conv_mnist import WEIGHTS_PATH  # noqa: PLC0415
+    from harness.inference.models import load_model  # noqa: PLC0415
 
     protocol = check_protocol(protocol)
     if num_requests is not None and num_requests < 0:
@@ -87,7 +88,12 @@ def run_serve(protocol: str = "securenn", num_requests: int | None = None,
         raise InputError("--max-batch must be >= 1")
     if batch_window_ms < 0:
         raise InputError("--batch-window must be >= 0 ms")
-    keras_model = load_keras(weights or WEIGHTS_PATH)
+    if weights is not None and model != "tutorial":
+        raise InputError("--weights is for the tutorial model; give other models as files "
+                         "(--model FILE)")
+    name = str(model)
+    keras_model = load_keras(weights) if weights else load_model(name, 1)
+    check_model(keras_model, protocol)  # refused before any worker starts
     cluster = _cluster(config, clients, start_timeout)
     with _sigterm_as_interrupt():
         try:
@@ -97,7 +103,7 @@ def run_serve(protocol: str = "securenn", num_requests: int | None = None,
             try:
                 text = json.dumps(dict(cluster.hostmap), indent=2)
                 where = write_text(hostmap_out, text) if hostmap_out else cluster.config_path
-                print(f"SERVING protocol={protocol} session={model.desc.session} "
+                print(f"SERVING model={name} protocol={protocol} session={model.desc.session} "
                       f"clients={model.desc.slots} max_batch={max_batch} hostmap={where}",
                       flush=True)
                 print(f"client: python -m harness client --config {where} --image 0",

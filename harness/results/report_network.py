@@ -30,7 +30,8 @@ def section(summary: dict[str, Any]) -> list[str]:
     table = []
     for r in rows:
         rate = r.get("rate_bytes_per_s")
-        table.append((_proto(r.get("protocol", "?")), r.get("network"), r.get("batch"),
+        table.append((r.get("model", "tutorial"), _proto(r.get("protocol", "?")),
+                      r.get("network"), r.get("batch"),
                       _num(rate / 1e6 if rate else None, ".4g"),
                       _num((r.get("rtt_s") or 0) * 1e3, ".3g"), r.get("delay", "-"),
                       _num(r.get("loopback_ms"), ".4g"), _num(r.get("emulated_ms"), ".4g"),
@@ -44,19 +45,24 @@ def section(summary: dict[str, Any]) -> list[str]:
             "`sch_netem`), the emulated run has the rate limit only and is compared with the "
             "projection without its RTT term (model error); the full projection adds the "
             "rounds x RTT.", "",
-            *_table(("protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
+            *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
                      "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "projected ms", "rounds"), table), ""]
 
 
 def _lines(summary: dict[str, Any]) -> dict[str, tuple[float, float, int]]:
-    """protocol -> (loopback compute ms, transfer ms at the slowest profile, rounds)."""
+    """(model and) protocol -> (loopback compute ms, transfer ms at the slowest profile,
+    rounds), batch 1 only."""
+    rows = [r for r in _rows(summary, "network") if r.get("batch", 1) == 1]
+    several = len({r.get("model", "tutorial") for r in rows}) > 1
     out: dict[str, tuple[float, float, int]] = {}
-    for r in _rows(summary, "network"):
+    for r in rows:
         proj = r.get("projection") or {}
         if r.get("loopback_ms") is None or proj.get("rounds") is None:
             continue
-        out[str(r.get("protocol"))] = (float(r["loopback_ms"]),
+        label = _proto(str(r.get("protocol")))
+        out[f"{r.get('model', 'tutorial')} {label}" if several else label] = (
+            float(r["loopback_ms"]),
                                        1e3 * float(proj.get("transfer_s") or 0.0),
                                        int(proj["rounds"]))
     return out
@@ -75,9 +81,9 @@ def render_rtt_plot(summary: dict[str, Any]) -> bytes | None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     lo, hi = RTT_RANGE_MS
-    for protocol, (compute, transfer, rounds) in sorted(lines.items()):
+    for label, (compute, transfer, rounds) in sorted(lines.items()):
         ax.plot([lo, hi], [compute + transfer + rounds * lo, compute + transfer + rounds * hi],
-                label=f"{_proto(protocol)} ({rounds} rounds)")
+                label=f"{label} ({rounds} rounds)")
     ax.set_xlabel("round-trip time (ms)")
     ax.set_ylabel("projected latency per prediction (ms)")
     ax.set_title("Projected latency against RTT (batch 1)")
