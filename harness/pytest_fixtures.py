@@ -1,17 +1,55 @@
 """Session fixtures of the harness's pytest plugin: options, test data, clusters, models.
 
 Private models are built once per (model, protocol, variant, deployment, network, batch)
-and reused by every benchmark; an auto-managed cluster serves one protocol at a time
-(moving to the next protocol stops it and frees its workers' memory). TensorFlow is
+and reused by every benchmark; an auto-managed cluster serves one protocol at a time.
+When the run moves past a protocol's last test (``release_after``), its private models
+are dropped, its clusters stopped and the freed heap handed back to the system, so the
+tests after it (serving, the next protocol) do not run beside its memory. TensorFlow is
 imported only when a fixture is first used.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+import logging
 from typing import Any, Iterator
 
 import pytest
 
+logger = logging.getLogger("harness.bench")
 QUICK_IMAGES = 64
+POOLS = pytest.StashKey[list]()
+
+
+def _protocol_of(item: Any) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("protocol") if callspec is not None else None
+
+
+def release_after(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last test of a protocol: free that protocol's models and clusters."""
+    done = _protocol_of(item)
+    if done is None or (nextitem is not None and _protocol_of(nextitem) == done):
+        return
+    pools = item.config.stash.get(POOLS, [])
+    if not any(pool.holds_something() for pool in pools):
+        return
+    for pool in pools:
+        pool.release()
+    gc.collect()
+    _trim_heap()
+    logger.info("%s's last test done: its private models and clusters released", done)
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed memory in its arenas; malloc_trim returns it to the system."""
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            pass
 
 
 @pytest.fixture(scope="session")
@@ -79,10 +117,16 @@ class Clusters:
             running.stop()
         self._running.clear()
 
+    release = stop
+
+    def holds_something(self) -> bool:
+        return bool(self._running)
+
 
 @pytest.fixture(scope="session")
-def clusters(options: Any) -> Iterator[Clusters]:
+def clusters(pytestconfig: pytest.Config, options: Any) -> Iterator[Clusters]:
     pool = Clusters(options)
+    pytestconfig.stash.setdefault(POOLS, []).append(pool)
     try:
         yield pool
     finally:
@@ -128,6 +172,17 @@ class Models:
         return self._private[key]
 
 
+    def release(self) -> None:
+        self._private.clear()
+        self._plain.clear()
+        self._keras.clear()
+
+    def holds_something(self) -> bool:
+        return bool(self._private)
+
+
 @pytest.fixture(scope="session")
-def models(clusters: Clusters) -> Models:
-    return Models(clusters)
+def models(pytestconfig: pytest.Config, clusters: Clusters) -> Models:
+    pool = Models(clusters)
+    pytestconfig.stash.setdefault(POOLS, []).insert(0, pool)  # models go before clusters
+    return pool

@@ -24,7 +24,7 @@ import pytest
 
 from harness.names import DEPLOYMENTS, PROTOCOLS
 from harness.pytest_fixtures import (  # noqa: F401  (fixtures of the plugin)
-    clusters, models, options, recorder, test_split)
+    clusters, models, options, recorder, release_after, test_split)
 
 QUICK_IMAGES = 64
 LOOPBACK = "127.0.0.1"
@@ -237,6 +237,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name, values, scope, ids in dims:
         if name in metafunc.fixturenames and name not in own:
             metafunc.parametrize(name, values, scope=scope, ids=ids)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    release_after(item, nextitem)  # a protocol's models and clusters, after its last test
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)

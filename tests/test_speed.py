@@ -340,3 +340,37 @@ def test_report_speed_section_renders_targets_and_changes():
     assert "| `ring-conv` | direct conv | 40 | 1.25 |" in text
     assert "3000 MB with 5 processes" in text
     assert report_speed.section({}) == []
+    summary["total_memory"].update(peak_total_pss_mb=9000.0, processes_at_pss_peak=6,
+                                   peak_total_rss_mb=12000.0)
+    text = "\n".join(report_speed.section(summary))
+    assert "(all processes at once, PSS): 9000 MB with 6 processes" in text
+    assert "(target <= 8192 MB): **not met**" in text and "peaked at 12000 MB" in text
+
+
+def test_memory_sampler_sums_a_process_tree(tmp_path) -> None:
+    """Two children holding 200 MB each (written, so resident): the sampled PSS total
+    of the tree counts both, and stays below the RSS sum (shared pages count 1/k)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from harness.results.rss import RssSampler  # noqa: PLC0415
+
+    hold = "import sys, time; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); " \
+           "print('ok', flush=True); sys.stdin.read()"
+    kids = [subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert all(k.stdout.readline().strip() == "ok" for k in kids)
+        with RssSampler(interval=0.05) as sampler:
+            time.sleep(0.3)
+        got = sampler.summary()
+    finally:
+        for k in kids:
+            k.stdin.close()
+            k.wait(timeout=30)
+    if got["peak_total_pss_mb"] is None:
+        pytest.skip("this kernel has no /proc/PID/smaps_rollup")
+    assert got["peak_total_pss_mb"] >= 400, got
+    assert got["peak_total_pss_mb"] <= got["peak_total_rss_mb"], got
+    assert got["processes_at_pss_peak"] >= 3, got

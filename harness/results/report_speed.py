@@ -147,13 +147,20 @@ def _changes_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _memory(summary: dict[str, Any]) -> list[str]:
     mem = summary.get("total_memory") or {}
-    peak = mem.get("peak_total_rss_mb")
-    if peak is None:
+    rss, pss = mem.get("peak_total_rss_mb"), mem.get("peak_total_pss_mb")
+    if rss is None:
         return []
-    return [f"- Peak total RSS of the run (all processes at once): {peak:.0f} MB with "
-            f"{mem.get('processes_at_peak')} processes, {mem.get('samples')} samples over "
-            f"{_f(mem.get('duration_s'), '.0f')} s (target <= {TARGET_MEMORY_MB} MB): "
-            f"{_verdict(peak <= TARGET_MEMORY_MB)}. Method: {mem.get('method')}.", ""]
+    over = f"{mem.get('samples')} samples over {_f(mem.get('duration_s'), '.0f')} s"
+    if pss is None:  # runs from before PSS was sampled, or a system without smaps_rollup
+        return [f"- Peak total RSS of the run (all processes at once): {rss:.0f} MB with "
+                f"{mem.get('processes_at_peak')} processes, {over} (target <= "
+                f"{TARGET_MEMORY_MB} MB): {_verdict(rss <= TARGET_MEMORY_MB)}. "
+                f"Method: {mem.get('method')}.", ""]
+    return [f"- Peak total memory of the run (all processes at once, PSS): {pss:.0f} MB with "
+            f"{mem.get('processes_at_pss_peak')} processes, {over} (target <= "
+            f"{TARGET_MEMORY_MB} MB): {_verdict(pss <= TARGET_MEMORY_MB)}. The RSS sum, "
+            f"which counts shared library pages once per process, peaked at {rss:.0f} MB "
+            f"with {mem.get('processes_at_peak')} processes. Method: {mem.get('method')}.", ""]
 
 
 def section(summary: dict[str, Any]) -> list[str]:

@@ -1,10 +1,17 @@
-"""Total memory of a run: the resident set of a process and all its descendants, sampled.
+"""Total memory of a run: the memory of a process and all its descendants, sampled.
 
 A benchmark run is several processes at once (the pytest driver, each cluster's worker
 processes, serving helpers); their peaks need not coincide, so adding per-process peaks
-overstates the need. ``RssSampler`` sums the RSS of the whole process tree at each
-sample (psutil, every ``interval`` seconds, in a daemon thread) and keeps the largest
-simultaneous total. No TensorFlow here.
+overstates the need. ``RssSampler`` sums the memory of the whole process tree at each
+sample (every ``interval`` seconds, in a daemon thread) and keeps the largest
+simultaneous total.
+
+Two sums are kept. The proportional set size (PSS, Linux ``/proc/PID/smaps_rollup``)
+counts a page shared by k processes as 1/k in each, so the PSS of the tree adds up to
+the physical memory it uses; it is the figure the memory target is read from. The RSS
+sum counts every shared page (TensorFlow's libraries, mapped by every worker) once per
+process, so it overstates the total; it is kept beside it. Where smaps_rollup cannot be
+read, the PSS figure is absent and the summary says so. No TensorFlow here.
 """
 from __future__ import annotations
 
@@ -17,20 +24,37 @@ import psutil
 MB = 1024 * 1024
 
 
-def tree_rss(root: psutil.Process) -> tuple[int, int]:
-    """(bytes, processes) resident now in ``root`` and its live descendants."""
-    total, count = 0, 0
+def pss_bytes(pid: int) -> int | None:
+    """The proportional set size of ``pid`` (None where the kernel does not say)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def tree_memory(root: psutil.Process) -> tuple[int, int | None, int]:
+    """(RSS bytes, PSS bytes or None, processes) now in ``root`` and its live descendants.
+    PSS is None when this system does not give it for ``root``; a descendant that has
+    just exited (or is a zombie, which holds no memory) counts 0."""
+    rss, count = 0, 0
+    pss = pss_bytes(root.pid)
     try:
         members = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
+        return 0, None, 0
     for proc in members:
         try:
-            total += proc.memory_info().rss
-            count += 1
+            rss += proc.memory_info().rss
         except psutil.Error:  # exited between listing and reading
             continue
-    return total, count
+        count += 1
+        if pss is not None and proc is not root:
+            pss += pss_bytes(proc.pid) or 0
+    return rss, pss, count
 
 
 class RssSampler:
@@ -45,11 +69,17 @@ class RssSampler:
         self.peak_bytes = 0
         self.peak_processes = 0
         self.peak_at_s = 0.0
+        self.peak_pss_bytes: int | None = 0
+        self.pss_peak_processes = 0
         self._start = 0.0
 
     def _sample(self) -> None:
-        total, count = tree_rss(self._root)
+        total, pss, count = tree_memory(self._root)
         self.samples += 1
+        if pss is None:
+            self.peak_pss_bytes = None  # not readable here: no PSS figure at all
+        elif self.peak_pss_bytes is not None and pss > self.peak_pss_bytes:
+            self.peak_pss_bytes, self.pss_peak_processes = pss, count
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, count
             self.peak_at_s = time.monotonic() - self._start
@@ -73,16 +103,23 @@ class RssSampler:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
+        pss = self.peak_pss_bytes
         return {
+            "peak_total_pss_mb": round(pss / MB, 1) if pss is not None else None,
+            "processes_at_pss_peak": self.pss_peak_processes if pss is not None else None,
             "peak_total_rss_mb": round(self.peak_bytes / MB, 1),
             "processes_at_peak": self.peak_processes,
             "peak_at_s": round(self.peak_at_s, 1),
             "samples": self.samples,
             "interval_s": self.interval,
             "duration_s": round(time.monotonic() - self._start, 1),
-            "method": "psutil: sum of the RSS of the pytest process and all its descendants "
-                      f"(cluster workers included), sampled every {self.interval} s; the "
-                      "largest simultaneous total",
+            "method": "sum over the pytest process and all its descendants (cluster "
+                      "workers and serving clients included) of the proportional set size "
+                      "(/proc/PID/smaps_rollup: a shared page counts 1/k in each of its k "
+                      "processes) and, beside it, of the RSS (psutil: shared pages counted in "
+                      f"every process), sampled every {self.interval} s; the largest "
+                      "simultaneous totals" + ("" if pss is not None else
+                                               "; PSS was not readable on this system"),
         }
 
     def __enter__(self) -> "RssSampler":
