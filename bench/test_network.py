@@ -3,10 +3,9 @@
 For each protocol and shaped network of ``--network`` (e.g. ``--network lan,wan``; the
 tests are left out without it) a driver subprocess starts
 ``Cluster(network=profile)`` (players in namespaces, links shaped with tc) and predicts
-one digit per request; the benchmark times those requests (group
-``network-<profile>``), per model and batch of the run. The same protocol on a loopback
-cluster, measured in the same
-run, gives the compute time, and ``harness.inference.comm`` the exact bytes per link
+one batch per request, per model and batch of the run (group ``network-<profile>``).
+The same protocol on a loopback cluster, timed interleaved with the shaped one (each
+round calls both, so both see the same machine speed), gives the compute time, and ``harness.inference.comm`` the exact bytes per link
 and rounds of one prediction (the driver's transfers included: it feeds the input
 and takes the result), from which ``harness.results.projection`` projects the latency
 on the profile.
@@ -20,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +67,7 @@ with Cluster(network=network) as cluster:
         counted = count_prediction(model, x).as_dict()
         info["links"] = {**counted["links"], **counted["driver_links"]}
         info["rounds"] = counted["rounds_with_driver"]
+        info["round_links"] = counted["round_links"]
         info["party_rounds"] = counted["rounds"]
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
@@ -117,31 +118,41 @@ class RemoteDriver:
 
 @pytest.fixture(scope="module")
 def loopback():
-    """Per protocol, model and batch: the loopback median (s) and the traffic of one
-    prediction."""
-    measured: dict[tuple, dict] = {}
+    """Per protocol, model and batch: a running loopback driver (its cluster is the
+    compute reference) with the exact traffic of one prediction in ``info``. Drivers
+    of one protocol are kept until the next protocol's first test."""
+    running: dict[tuple, RemoteDriver] = {}
 
-    def get(protocol: str, model: str, batch: int, rounds: int) -> dict:
+    def get(protocol: str, model: str, batch: int) -> RemoteDriver:
         key = (protocol, model, batch)
-        if key not in measured:
-            driver = RemoteDriver(protocol, LOOPBACK.name, model, batch)
-            try:
-                times = _timed(driver.predict, rounds)
-            finally:
-                driver.close()
-            measured[key] = {**driver.info, "median_s": sorted(times)[len(times) // 2]}
-        return measured[key]
+        for old in [k for k in running if k[0] != protocol]:
+            running.pop(old).close()
+        if key not in running:
+            running[key] = RemoteDriver(protocol, LOOPBACK.name, model, batch)
+        return running[key]
 
-    return get
+    yield get
+    for driver in running.values():
+        driver.close()
 
 
-def _timed(fn, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def _interleaved(drivers: dict[str, RemoteDriver], benchmark, rounds: int) -> dict[str, float]:
+    """Median seconds per prediction of each driver, called in turn (rotating order)
+    each round, so both see the same machine speed; the warm-up round is dropped."""
+    names = list(drivers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    turn = [0]
+
+    def one_round() -> None:
+        k = turn[0] % len(names)
+        turn[0] += 1
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            drivers[name].predict()
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
+    return {n: float(statistics.median(t[1:])) for n, t in times.items()}
 
 
 def test_network_latency(benchmark, protocol, model, network, batch, loopback, options,
@@ -155,15 +166,17 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
         pytest.skip("pond: the papers' network settings are for SecureNN and ABY3")
     rounds = 5 if options.quick or batch > 1 else 15
     benchmark.group = f"network-{network.name}"
-    base = loopback(protocol, model, batch, rounds)
+    reference = loopback(protocol, model, batch)
     driver = RemoteDriver(protocol, network.name, model, batch)
     try:
-        benchmark.pedantic(driver.predict, rounds=rounds, warmup_rounds=1, iterations=1)
+        medians = _interleaved({"loopback": reference, "shaped": driver}, benchmark, rounds)
     finally:
         driver.close()
-    emulated_s = benchmark.stats.stats.median
+    base = {**reference.info, "median_s": medians["loopback"]}
+    emulated_s = medians["shaped"]
     described = driver.info["network"]
-    comm = {"links": base["links"], "rounds": base["rounds"]}
+    comm = {"links": base["links"], "rounds": base["rounds"],
+            "round_links": base["round_links"]}
     projection = project(base["median_s"], comm, network.rate, network.rtt,
                          unshaped=["driver"])
     row = {
@@ -174,6 +187,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
         "loopback_ms": base["median_s"] * 1e3,
         "projected_ms": projection.total_s * 1e3,
         "projected_without_rtt_ms": (projection.compute_s + projection.transfer_s) * 1e3,
+        "projected_sequential_without_rtt_ms": (
+            projection.compute_s + projection.transfer_sequential_s) * 1e3,
         "projection": projection.as_dict(),
         "party_rounds": base["party_rounds"],
         "loopback_socket_bytes": base["socket_bytes"],

@@ -159,9 +159,14 @@ def _driver() -> None:
         return out[0]
 
     def summary(count):
-        return {k: v for k, v in count.as_dict().items() if k != "method"}
+        out = {k: v for k, v in count.as_dict().items() if k not in ("method", "round_links")}
+        rounds = count.round_links()  # checked against the totals here, in full below
+        report["round_checks"].append([
+            sum(sum(r.values()) for r in rounds), out["party_bytes"] + out["driver_bytes"],
+            len(rounds), out["rounds_with_driver"]])
+        return out
 
-    report: dict = {"share": {}, "matmul": {}, "errors": {}}
+    report: dict = {"share": {}, "matmul": {}, "errors": {}, "round_checks": []}
     x = tf.constant(np.arange(B * K, dtype=np.float32).reshape(B, K))
     y = tf.constant(np.arange(K * M, dtype=np.float32).reshape(K, M) - 5)
     values = tf.constant(np.linspace(-2, 2, N, dtype=np.float32))
@@ -240,7 +245,9 @@ def _driver() -> None:
             with tf.device(server1):
                 return w, w * 2.0
 
-        report["plain"] = summary(comm.count(two_outputs, values, players=players))
+        plain = comm.count(two_outputs, values, players=players)
+        report["plain"] = summary(plain)
+        report["plain_rounds"] = plain.round_links()
         for name, fn in (("control_flow", loop), ("dynamic_shape", dynamic)):
             try:
                 comm.count(fn, values, players=players)
@@ -311,6 +318,20 @@ def test_plain_function_with_two_results(measured):
                     ("server1", "driver", N * FLOAT, 1, 0))
     assert measured["plain"] == _summary(links, driver, rounds=1, data_rounds=1,
                                          rounds_with_driver=3)
+    # per round: the input; then w to server1 and the result w to the driver (both
+    # wait for the input only); then w * 2 to the driver
+    assert measured["plain_rounds"] == [
+        {"driver->server0": N * FLOAT},
+        {"server0->driver": N * FLOAT, "server0->server1": N * FLOAT},
+        {"server1->driver": N * FLOAT}]
+
+
+def test_rounds_hold_every_transfer_once(measured):
+    """Every count's per-round bytes add up to its links' bytes, in rounds_with_driver
+    rounds (the last round is the longest chain's last transfer)."""
+    assert len(measured["round_checks"]) >= 10
+    for round_bytes, link_bytes, rounds, longest in measured["round_checks"]:
+        assert (round_bytes, rounds) == (link_bytes, longest)
 
 
 def test_refuses_what_it_cannot_count_exactly(measured):

@@ -340,6 +340,22 @@ def test_projection_adds_compute_rounds_and_busiest_link():
     assert link_loads(COMM, unshaped=["driver"]).get("driver up") is None
     unlimited = project(0.05, COMM, rate=None, rtt_s=0.0)
     assert unlimited.total_s == 0.05 and unlimited.as_dict()["transfer_s"] == 0.0
+    assert p.transfer_sequential_s is None and p.total_sequential_s is None
+
+
+def test_projection_of_rounds_one_after_another():
+    """With per-round traffic: each round lasts as long as its own busiest link needs.
+    Round 1: server0 sends 300k to server1 and 200k to server2 (server0 up: 500k);
+    round 2: server1 sends 700k to server0 (server1 up / server0 down: 700k)."""
+    comm = {"links": {"server0->server1": {"bytes": 300_000}, "server0->server2": {"bytes": 200_000},
+                      "server1->server0": {"bytes": 700_000}}, "rounds": 2,
+            "round_links": [{"server0->server1": 300_000, "server0->server2": 200_000},
+                            {"server1->server0": 700_000}]}
+    p = project(0.01, comm, rate=1e6, rtt_s=0.0, overhead=1.0)
+    assert p.transfer_s == pytest.approx(0.7)  # busiest link over the whole call
+    assert p.transfer_sequential_s == pytest.approx(0.5 + 0.7)
+    assert p.total_sequential_s == pytest.approx(0.01 + 1.2)
+    assert p.as_dict()["total_sequential_s"] == pytest.approx(1.21)
 
 
 @pytest.mark.parametrize("comm, message", [

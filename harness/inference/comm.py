@@ -32,7 +32,7 @@ import inspect
 import math
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from harness.tfe import activate as _activate_tfe
@@ -78,6 +78,7 @@ class Transfer:
     shape: tuple[int, ...]
     nbytes: int
     control: bool = False  # an empty tensor standing for a control dependency
+    level: int = 0  # its place on the longest chain of cross-task transfers ending with it
 
     @property
     def link(self) -> str:
@@ -110,6 +111,16 @@ class Communication:
                 entry["control_tensors"] += int(t.control)
         return {k: dict(out[k]) for k in sorted(out)}
 
+    def round_links(self) -> list[dict[str, int]]:
+        """Bytes per link (driver links included) of each round: round k holds the
+        transfers that are the k-th on the longest chain of cross-task transfers ending
+        with them, i.e. that can start once k - 1 rounds have arrived."""
+        rounds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for t in self.transfers:
+            rounds[t.level][t.link] += t.nbytes
+        top = max(rounds, default=0)
+        return [dict(sorted(rounds[k].items())) for k in range(1, top + 1)]
+
     def total(self, party: bool = True) -> tuple[int, int]:
         """(bytes, tensors) between parties, or with the driver."""
         picked = [t for t in self.transfers if t.party == party]
@@ -128,6 +139,7 @@ class Communication:
             "driver_bytes": driver_bytes,
             "driver_tensors": driver_tensors,
             "rounds_with_driver": self.rounds_with_driver,
+            "round_links": self.round_links(),
             "method": METHOD,
         }
 
@@ -296,6 +308,7 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
 
     by_name = [{n.name: n for n in graph.node} for graph in partitions]
     transfers: list[Transfer] = []
+    received_at: list[tuple[int, str]] = []  # per transfer, its Recv node
     # node -> [(next node, (party, party data, any cross-task) transfers on the edge)]
     edges: dict[tuple[int, str], list[tuple[tuple[int, str], tuple[int, ...]]]] = defaultdict(list)
     for (index, name), node in nodes.items():
@@ -311,11 +324,13 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
                 player_of(src_dev, players), player_of(dst_dev, players), tensor,
                 send.input[0], dtype.name, shape,
                 _nbytes(dtype, shape, f"send {send.name!r}"), control))
+            received_at.append((r_index, recv.name))
             last = transfers[-1]
             weights = (int(last.party), int(last.party and not last.control), 1)
         edges[(s_index, send.name)].append(((r_index, recv.name), weights))
 
     chains = _longest_chains(nodes, edges)
+    transfers = [replace(t, level=chains[at][2]) for t, at in zip(transfers, received_at)]
     with_driver = max((v[2] for v in chains.values()), default=0)
     # partitions renumber their _Retval nodes; the optimised graph has the call's order
     retvals = {n.attr["index"].i: n.name for n in optimised.values() if n.op == "_Retval"}
@@ -324,12 +339,13 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         if not device or player_of(device, players) == DRIVER:
             continue
         dtype, shape = tf.as_dtype(out.dtype), tuple(int(d) for d in out.shape)
-        transfers.append(Transfer(player_of(device, players), DRIVER, f"fetch:{i}",
-                                  f"output:{i}", dtype.name, shape,
-                                  _nbytes(dtype, shape, f"output {i}")))
         where = [k for k in nodes if k[1] == retvals.get(i)]
         if len(where) != 1:
             raise CommError(f"output {i}: {len(where)} _Retval nodes for it, expected 1")
+        transfers.append(Transfer(player_of(device, players), DRIVER, f"fetch:{i}",
+                                  f"output:{i}", dtype.name, shape,
+                                  _nbytes(dtype, shape, f"output {i}"),
+                                  level=chains[where[0]][2] + 1))
         with_driver = max(with_driver, chains[where[0]][2] + 1)
     return Communication(transfers, max((v[0] for v in chains.values()), default=0),
                          max((v[1] for v in chains.values()), default=0), with_driver)

@@ -36,6 +36,7 @@ def section(summary: dict[str, Any]) -> list[str]:
                       _num((r.get("rtt_s") or 0) * 1e3, ".3g"), r.get("delay", "-"),
                       _num(r.get("loopback_ms"), ".4g"), _num(r.get("emulated_ms"), ".4g"),
                       _num(r.get("projected_without_rtt_ms"), ".4g"), _num(_error(r), "+.3g"),
+                      _num(r.get("projected_sequential_without_rtt_ms"), ".4g"),
                       _num(r.get("projected_ms"), ".4g"),
                       _num((r.get("projection") or {}).get("rounds"), "d")))
     return ["## Shaped networks", "",
@@ -44,10 +45,24 @@ def section(summary: dict[str, Any]) -> list[str]:
             "x RTT + busiest link's bytes / rate. Where delay is *projected* (the kernel has no "
             "`sch_netem`), the emulated run has the rate limit only and is compared with the "
             "projection without its RTT term (model error); the full projection adds the "
-            "rounds x RTT.", "",
+            "rounds x RTT. The loopback reference is timed interleaved with the shaped run. "
+            "*rounds sequential*: the same projection if no two rounds overlapped (each "
+            "round as long as its busiest link needs): the upper reading of the transfer "
+            "term, where the projection's busiest link is the lower.", "",
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
                      "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
-                     "projected ms", "rounds"), table), ""]
+                     "rounds sequential w/o RTT ms", "projected ms", "rounds"), table),
+            "", *_within(rows)]
+
+
+def _within(rows: list[dict[str, Any]], bound: float = 15.0) -> list[str]:
+    """How many shaped rows the projection met within ``bound`` percent."""
+    errors = [e for e in (_error(r) for r in rows) if e is not None]
+    if not errors:
+        return []
+    inside = sum(abs(e) <= bound for e in errors)
+    return [f"Projection within {bound:g} % of the emulated run (w/o RTT) in {inside} of "
+            f"{len(errors)} rows; largest error {max(errors, key=abs):+.0f} %.", ""]
 
 
 def _lines(summary: dict[str, Any]) -> dict[str, tuple[float, float, int]]:
