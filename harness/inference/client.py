@@ -332,8 +332,11 @@ class PredictionClient:
         return tuple(self.desc.image_shape[1:])
 
     def _results_ready(self) -> bool:
-        outs = self.desc.layout.output_servers
-        return all(queue_size(self.devices[i], self._out[i]) > 0 for i in outs)
+        """One poll (one RPC): the owner's step fills every output server's queue for
+        a request in the same step, so the last server's queue stands for all of them;
+        ``receive`` then dequeues from each (a dequeue waits for an entry)."""
+        last = self.desc.layout.output_servers[-1]
+        return queue_size(self.devices[last], self._out[last]) > 0
 
     def receive(self, pending: Pending, timeout: float | None = None) -> np.ndarray:
         """Wait (bounded) for the request's result; returns its logits, shape (1, 10)."""
