@@ -23,13 +23,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.net.netprofile import LOOPBACK
 from harness.net.shaping import ShapedNetwork
+from harness.results.metrics import interleaved
 from harness.results.projection import project
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
@@ -136,25 +136,6 @@ def loopback():
         driver.close()
 
 
-def _interleaved(drivers: dict[str, RemoteDriver], benchmark, rounds: int) -> dict[str, float]:
-    """Median seconds per prediction of each driver, called in turn (rotating order)
-    each round, so both see the same machine speed; the warm-up round is dropped."""
-    names = list(drivers)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    turn = [0]
-
-    def one_round() -> None:
-        k = turn[0] % len(names)
-        turn[0] += 1
-        for name in names[k:] + names[:k]:
-            start = time.perf_counter()
-            drivers[name].predict()
-            times[name].append(time.perf_counter() - start)
-
-    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
-    return {n: float(statistics.median(t[1:])) for n, t in times.items()}
-
-
 def test_network_latency(benchmark, protocol, model, network, batch, loopback, options,
                          recorder):
     ok, reason = ShapedNetwork.available()
@@ -169,7 +150,9 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
     reference = loopback(protocol, model, batch)
     driver = RemoteDriver(protocol, network.name, model, batch)
     try:
-        medians = _interleaved({"loopback": reference, "shaped": driver}, benchmark, rounds)
+        times = interleaved({"loopback": reference.predict, "shaped": driver.predict},
+                            benchmark, rounds)
+        medians = {name: statistics.median(t) for name, t in times.items()}
     finally:
         driver.close()
     base = {**reference.info, "median_s": medians["loopback"]}

@@ -17,13 +17,14 @@ Every variant's logits are compared with plaintext (argmax agreement) in the sam
 """
 from __future__ import annotations
 
-import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
 
 from harness.inference.evaluate import fill_batch
+from harness.results.metrics import interleaved
 from harness.tfe import speed
 
 
@@ -31,27 +32,6 @@ def _rounds(options: Any, batch: int) -> int:
     if options.quick:
         return 5
     return 30 if batch == 1 else 8
-
-
-def _interleaved(predictors: dict[str, Any], x: np.ndarray, benchmark: Any,
-                 rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each predictor, called in turn (rotating order) each round."""
-    names = list(predictors)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    turn = [0]
-
-    def one_round() -> None:
-        k = turn[0] % len(names)
-        turn[0] += 1
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            predictors[name].predict(x)
-            times[name].append(time.perf_counter() - t0)
-
-    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
-    for name in names:  # the warm-up round is not a measurement
-        times[name] = times[name][1:]
-    return times
 
 
 def _paired(times: dict[str, list[float]], base: str, name: str) -> float | None:
@@ -80,7 +60,7 @@ def test_variants(benchmark, models, recorder, model, protocol, deployment, batc
     x = fill_batch(test_split[0], batch)
     plain_argmax = np.argmax(models.plaintext(model, batch)(x), axis=1)
     rounds = _rounds(options, batch)
-    times = _interleaved(built, x, benchmark, rounds)
+    times = interleaved({v: partial(m.predict, x) for v, m in built.items()}, benchmark, rounds)
     medians = {v: float(np.median(t)) * 1e3 for v, t in times.items()}
     stock = medians.get("stock")
     rows = []
@@ -135,7 +115,8 @@ def test_change_table(benchmark, models, clusters, recorder, model, protocol, de
         built[spec] = private
     x = fill_batch(test_split[0], batch)
     plain_argmax = np.argmax(models.plaintext(model, batch)(x), axis=1)
-    times = _interleaved(built, x, benchmark, _rounds(options, batch))
+    times = interleaved({s: partial(m.predict, x) for s, m in built.items()}, benchmark,
+                        _rounds(options, batch))
     medians = {s: float(np.median(t)) * 1e3 for s, t in times.items()}
     rows = []
     for spec, changes in specs.items():

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from scipy.special import log_softmax, softmax  # noqa: F401  (softmax: re-exported)
@@ -66,3 +67,24 @@ def median_ms(seconds: Iterable[float]) -> float:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def interleaved(calls: Mapping[str, Callable[[], Any]], benchmark: Any,
+                rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls``, timed *interleaved*: every round (one
+    pytest-benchmark ``pedantic`` round) calls each once, in a rotating order, so all
+    see the same machine speed. One warm-up round, not returned."""
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    turn = [0]
+
+    def one_round() -> None:
+        k = turn[0] % len(names)
+        turn[0] += 1
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1, iterations=1)
+    return {n: t[1:] for n, t in times.items()}
