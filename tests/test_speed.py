@@ -341,8 +341,12 @@ def test_report_speed_section_renders_targets_and_changes():
     assert "3000 MB with 5 processes" in text
     assert report_speed.section({}) == []
     summary["total_memory"].update(peak_total_pss_mb=9000.0, processes_at_pss_peak=6,
-                                   peak_total_rss_mb=12000.0)
+                                   peak_total_rss_mb=12000.0, pss_peak_by_role={
+                                       "serving clients": {"mb": 4500.0, "processes": 8},
+                                       "driver": {"mb": 2600.0, "processes": 1}})
     text = "\n".join(report_speed.section(summary))
+    assert "At the peak: serving clients 4500 MB (8 processes), driver 2600 MB (1 " \
+           "process)." in text
     assert "(all processes at once, PSS): 9000 MB with 6 processes" in text
     assert "(target <= 8192 MB): **not met**" in text and "peaked at 12000 MB" in text
 
@@ -374,3 +378,6 @@ def test_memory_sampler_sums_a_process_tree(tmp_path) -> None:
     assert got["peak_total_pss_mb"] >= 400, got
     assert got["peak_total_pss_mb"] <= got["peak_total_rss_mb"], got
     assert got["processes_at_pss_peak"] >= 3, got
+    roles = got["pss_peak_by_role"]  # the children are neither workers nor clients
+    assert roles["other"]["processes"] == 2 and roles["other"]["mb"] >= 400, roles
+    assert roles["driver"]["processes"] == 1, roles

@@ -160,7 +160,16 @@ def _memory(summary: dict[str, Any]) -> list[str]:
             f"{mem.get('processes_at_pss_peak')} processes, {over} (target <= "
             f"{TARGET_MEMORY_MB} MB): {_verdict(pss <= TARGET_MEMORY_MB)}. The RSS sum, "
             f"which counts shared library pages once per process, peaked at {rss:.0f} MB "
-            f"with {mem.get('processes_at_peak')} processes. Method: {mem.get('method')}.", ""]
+            f"with {mem.get('processes_at_peak')} processes.{_peak_roles(mem)} Method: "
+            f"{mem.get('method')}.", ""]
+
+
+def _peak_roles(mem: dict[str, Any]) -> str:
+    """' At the peak: driver 2600 MB (1 process), ...' (runs that recorded it)."""
+    roles = mem.get("pss_peak_by_role") or {}
+    parts = [f"{role} {v['mb']:.0f} MB ({v['processes']} process"
+             f"{'' if v['processes'] == 1 else 'es'})" for role, v in roles.items()]
+    return f" At the peak: {', '.join(parts)}." if parts else ""
 
 
 def section(summary: dict[str, Any]) -> list[str]:

@@ -11,7 +11,10 @@ counts a page shared by k processes as 1/k in each, so the PSS of the tree adds 
 the physical memory it uses; it is the figure the memory target is read from. The RSS
 sum counts every shared page (TensorFlow's libraries, mapped by every worker) once per
 process, so it overstates the total; it is kept beside it. Where smaps_rollup cannot be
-read, the PSS figure is absent and the summary says so. No TensorFlow here.
+read, the PSS figure is absent and the summary says so. At the PSS peak the sampler also
+keeps what the total was made of, by role (``role_of``: the driver, cluster workers, a
+serving owner, serving clients), so a report can say which phase needs the memory.
+No TensorFlow here.
 """
 from __future__ import annotations
 
@@ -36,10 +39,32 @@ def pss_bytes(pid: int) -> int | None:
     return None
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int | None, int]:
+ROLES = (  # (what a command line holds, the role it names); the first match wins
+    ("harness.net.worker", "cluster workers"),
+    ("harness client", "serving clients"),
+    ("harness serve", "serving owners"),
+    ("harness -v serve", "serving owners"),
+)
+
+
+def role_of(proc: psutil.Process, root: psutil.Process) -> str:
+    """What a process of the tree is, for the breakdown at the peak."""
+    if proc.pid == root.pid:
+        return "driver"
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    cmdline = cmdline.replace("-m harness", "harness")
+    return next((role for key, role in ROLES if key in cmdline), "other")
+
+
+def tree_memory(root: psutil.Process,
+                by_role: dict[str, list[int]] | None = None) -> tuple[int, int | None, int]:
     """(RSS bytes, PSS bytes or None, processes) now in ``root`` and its live descendants.
     PSS is None when this system does not give it for ``root``; a descendant that has
-    just exited (or is a zombie, which holds no memory) counts 0."""
+    just exited (or is a zombie, which holds no memory) counts 0. ``by_role``, if given,
+    is filled with role -> [PSS bytes, processes]."""
     rss, count = 0, 0
     pss = pss_bytes(root.pid)
     try:
@@ -52,8 +77,13 @@ def tree_memory(root: psutil.Process) -> tuple[int, int | None, int]:
         except psutil.Error:  # exited between listing and reading
             continue
         count += 1
+        mine = pss if proc is root else (pss_bytes(proc.pid) or 0)
         if pss is not None and proc is not root:
-            pss += pss_bytes(proc.pid) or 0
+            pss += mine
+        if by_role is not None and mine is not None:
+            entry = by_role.setdefault(role_of(proc, root), [0, 0])
+            entry[0] += mine
+            entry[1] += 1
     return rss, pss, count
 
 
@@ -71,15 +101,18 @@ class RssSampler:
         self.peak_at_s = 0.0
         self.peak_pss_bytes: int | None = 0
         self.pss_peak_processes = 0
+        self.pss_peak_roles: dict[str, list[int]] = {}
         self._start = 0.0
 
     def _sample(self) -> None:
-        total, pss, count = tree_memory(self._root)
+        roles: dict[str, list[int]] = {}
+        total, pss, count = tree_memory(self._root, roles)
         self.samples += 1
         if pss is None:
             self.peak_pss_bytes = None  # not readable here: no PSS figure at all
         elif self.peak_pss_bytes is not None and pss > self.peak_pss_bytes:
             self.peak_pss_bytes, self.pss_peak_processes = pss, count
+            self.pss_peak_roles = roles
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, count
             self.peak_at_s = time.monotonic() - self._start
@@ -107,6 +140,10 @@ class RssSampler:
         return {
             "peak_total_pss_mb": round(pss / MB, 1) if pss is not None else None,
             "processes_at_pss_peak": self.pss_peak_processes if pss is not None else None,
+            "pss_peak_by_role": {role: {"mb": round(b / MB, 1), "processes": n}
+                                 for role, (b, n) in sorted(self.pss_peak_roles.items(),
+                                                            key=lambda kv: -kv[1][0])}
+            if pss is not None else None,
             "peak_total_rss_mb": round(self.peak_bytes / MB, 1),
             "processes_at_peak": self.peak_processes,
             "peak_at_s": round(self.peak_at_s, 1),
