@@ -39,32 +39,32 @@ def pss_bytes(pid: int) -> int | None:
     return None
 
 
-ROLES = (  # (what a command line holds, the role it names); the first match wins
-    ("harness.net.worker", "cluster workers"),
-    ("harness client", "serving clients"),
-    ("harness serve", "serving owners"),
-    ("harness -v serve", "serving owners"),
-)
-
-
 def role_of(proc: psutil.Process, root: psutil.Process) -> str:
-    """What a process of the tree is, for the breakdown at the peak."""
+    """What a process of the tree is (the driver, a cluster worker, a serving owner or
+    client), read from its command line, for the breakdown at the peak."""
     if proc.pid == root.pid:
         return "driver"
     try:
-        cmdline = " ".join(proc.cmdline())
+        args = proc.cmdline()
     except psutil.Error:
         return "other"
-    cmdline = cmdline.replace("-m harness", "harness")
-    return next((role for key, role in ROLES if key in cmdline), "other")
+    if "harness.net.worker" in args:
+        return "cluster workers"
+    if "harness" in args:  # python -m harness [options] COMMAND ...
+        if "client" in args:
+            return "serving clients"
+        if "serve" in args:
+            return "serving owners"
+    return "other"
 
 
 def tree_memory(root: psutil.Process,
-                by_role: dict[str, list[int]] | None = None) -> tuple[int, int | None, int]:
+                members_pss: list[tuple[psutil.Process, int]] | None = None,
+                ) -> tuple[int, int | None, int]:
     """(RSS bytes, PSS bytes or None, processes) now in ``root`` and its live descendants.
     PSS is None when this system does not give it for ``root``; a descendant that has
-    just exited (or is a zombie, which holds no memory) counts 0. ``by_role``, if given,
-    is filled with role -> [PSS bytes, processes]."""
+    just exited (or is a zombie, which holds no memory) counts 0. ``members_pss``, if
+    given, receives (process, PSS bytes) of each member."""
     rss, count = 0, 0
     pss = pss_bytes(root.pid)
     try:
@@ -77,14 +77,25 @@ def tree_memory(root: psutil.Process,
         except psutil.Error:  # exited between listing and reading
             continue
         count += 1
+        if pss is None:
+            continue
         mine = pss if proc is root else (pss_bytes(proc.pid) or 0)
-        if pss is not None and proc is not root:
+        if proc is not root:
             pss += mine
-        if by_role is not None and mine is not None:
-            entry = by_role.setdefault(role_of(proc, root), [0, 0])
-            entry[0] += mine
-            entry[1] += 1
+        if members_pss is not None:
+            members_pss.append((proc, mine))
     return rss, pss, count
+
+
+def by_role(members_pss: list[tuple[psutil.Process, int]],
+            root: psutil.Process) -> dict[str, list[int]]:
+    """role -> [PSS bytes, processes] (``role_of``)."""
+    roles: dict[str, list[int]] = {}
+    for proc, mine in members_pss:
+        entry = roles.setdefault(role_of(proc, root), [0, 0])
+        entry[0] += mine
+        entry[1] += 1
+    return roles
 
 
 class RssSampler:
@@ -105,14 +116,14 @@ class RssSampler:
         self._start = 0.0
 
     def _sample(self) -> None:
-        roles: dict[str, list[int]] = {}
-        total, pss, count = tree_memory(self._root, roles)
+        members: list[tuple[psutil.Process, int]] = []
+        total, pss, count = tree_memory(self._root, members)
         self.samples += 1
         if pss is None:
             self.peak_pss_bytes = None  # not readable here: no PSS figure at all
         elif self.peak_pss_bytes is not None and pss > self.peak_pss_bytes:
             self.peak_pss_bytes, self.pss_peak_processes = pss, count
-            self.pss_peak_roles = roles
+            self.pss_peak_roles = by_role(members, self._root)  # command lines: peaks only
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, count
             self.peak_at_s = time.monotonic() - self._start
