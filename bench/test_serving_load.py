@@ -276,7 +276,8 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
     benchmark.pedantic(one_round, rounds=1, iterations=1, warmup_rounds=0)
     batches, _ = load_deployment.batches_since(offset)
     cpu = {k: v - cpu_before[k] for k, v in load_deployment.cpu_seconds().items()}
-    lat, errs, agree, parts = [], [], [], {"send_ms": [], "ready_ms": [], "receive_ms": []}
+    lat, errs, agree, parts = [], [], [], {"send_ms": [], "ready_ms": [], "receive_ms": [],
+                                          "polls": [], "cpu_ms": []}
     refused = lost = wrong = 0
     for per in out["answers"]:
         for index, answer in per:

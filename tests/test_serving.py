@@ -380,3 +380,18 @@ def test_serving_load_report_section_plot_and_files(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["serving_load.png", "serving_load.md"]
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert written[1].read_text().startswith("# Serving under load")
+
+
+def test_client_polls_just_before_results_are_expected() -> None:
+    """The client's first poll: halved after a poll that found the result at once (it
+    may have slept too long), else just before the last empty poll of this request."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from harness.inference.client import PredictionClient  # noqa: PLC0415
+
+    c = SimpleNamespace(_expect=0.2)
+    for _ in range(3):
+        PredictionClient._learn(c, 10.0, None)
+    assert c._expect == pytest.approx(0.025)
+    PredictionClient._learn(c, 10.0, 10.05)  # empty until 50 ms after sending
+    assert c._expect == pytest.approx(0.045)

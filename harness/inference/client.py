@@ -239,7 +239,7 @@ class PredictionClient:
         # answered, partial ones of an earlier client in this slot): measured when it
         # reaches the capacity, so a send never meets a full queue (it would block a server)
         self._queued = self._input_backlog()
-        self._recent: list[float] = []  # latencies (s) of recent requests, not the first
+        self._expect = 0.0  # s from sending to the first poll for the result (``_learn``)
         self._answered = 0
         self.timing: dict[str, float] = {}  # of the last request: send, ready, receive (ms)
         self.connect_s = time.perf_counter() - start
@@ -338,20 +338,30 @@ class PredictionClient:
         last = self.desc.layout.output_servers[-1]
         return queue_size(self.devices[last], self._out[last]) > 0
 
+    def _learn(self, sent_at: float, missed_at: float | None) -> None:
+        """When to poll first next time. Each poll is an RPC that costs the servers CPU
+        the computation needs, and a late first poll delays the client (and, under
+        batching, the next batch): aim just below when results have been arriving.
+        A first poll that found the result may have been late: halve. Else the result
+        came after the last empty poll: start a little before that next time."""
+        if missed_at is None:
+            self._expect *= 0.5
+        else:
+            self._expect = 0.9 * (missed_at - sent_at)
+
     def receive(self, pending: Pending, timeout: float | None = None) -> np.ndarray:
         """Wait (bounded) for the request's result; returns its logits, shape (1, 10)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + 2.0
-        # a result takes about as long as the fastest recent one did: each poll before
-        # that costs the servers an RPC, CPU the computation needs (the first request,
-        # which traces the client's functions, does not count)
-        fastest = min(self._recent, default=0.0)
-        early = pending.sent_at + 0.8 * fastest - time.perf_counter()
+        # no poll before results are expected (``_learn``), then one every few ms
+        early = pending.sent_at + self._expect - time.perf_counter()
         if early > 0:
             time.sleep(early)
-        interval = min(0.02, max(0.002, fastest / 20))
+        interval = min(0.01, max(0.002, self._expect / 8))
+        polls, missed_at = 0, None
         while True:
+            polls += 1
             if self._results_ready():
                 ready_at = time.perf_counter()
                 ids, logits = self._receive_fn(pending.mask_sum)
@@ -360,14 +370,14 @@ class PredictionClient:
                     self._queued = max(0, self._queued - 1)  # answered: its entry is gone
                     now_pc = time.perf_counter()
                     self.timing.update(ready_ms=(ready_at - pending.sent_at) * 1e3,
-                                       receive_ms=(now_pc - ready_at) * 1e3)
+                                       receive_ms=(now_pc - ready_at) * 1e3, polls=polls)
                     self._answered += 1
-                    if self._answered > 1:
-                        took = time.perf_counter() - pending.sent_at
-                        self._recent = (self._recent + [took])[-5:]
+                    if self._answered > 1:  # the first one traced our functions
+                        self._learn(pending.sent_at, missed_at)
                     return logits.numpy()
                 logger.info("skipped a stale result (request %x, not ours)", int(ids[0]))
                 continue
+            missed_at = time.perf_counter()
             now = time.monotonic()
             if now > deadline:
                 raise ServingError(f"no answer within {timeout:.0f} s (request {pending.rid:x}); "

@@ -98,13 +98,14 @@ def _serve_stdin(client: PredictionClient) -> int:
         spec = line.strip()
         if not spec:
             break
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             image, label = load_image(spec)
             check_pixels(np.asarray(image), client.example_shape)
             logits = client.predict(image)
             result = _result(spec, label, logits, time.perf_counter() - start)
-            print(json.dumps({**result, **client.timing}), flush=True)
+            print(json.dumps({**result, **client.timing,
+                              "cpu_ms": (time.process_time() - cpu) * 1e3}), flush=True)
         except InputError as exc:
             print(json.dumps({"image": spec, "error": str(exc), "refused": True}), flush=True)
         except ServingError as exc:  # e.g. no answer in time: say so, keep reading

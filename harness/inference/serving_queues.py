@@ -88,10 +88,12 @@ def read_descriptor(server0: str) -> ServingDescriptor | None:
 
 
 class Poller:
-    """Sleep between polls: short right after activity, longer when idle."""
+    """Sleep between polls: 2 ms in the first second after activity, 10 ms until 10 s,
+    then 50 ms (each poll is an RPC; a request arriving after a pause waits one sleep)."""
 
-    def __init__(self, fast: float = 0.002, slow: float = 0.05, ramp: float = 1.0) -> None:
-        self.fast, self.slow, self.ramp = fast, slow, ramp
+    STEPS = ((1.0, 0.002), (10.0, 0.01), (float("inf"), 0.05))  # (idle up to s, sleep s)
+
+    def __init__(self) -> None:
         self.since = time.monotonic()
 
     def reset(self) -> None:
@@ -99,4 +101,4 @@ class Poller:
 
     def sleep(self) -> None:
         idle = time.monotonic() - self.since
-        time.sleep(self.fast if idle < self.ramp else self.slow)
+        time.sleep(next(pause for upto, pause in self.STEPS if idle < upto))

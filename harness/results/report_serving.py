@@ -71,11 +71,14 @@ def section(summary: dict[str, Any]) -> list[str]:
              "that noise. Owner columns (medians per batch): the private prediction, the "
              "servers idle before the batch's first request arrived (clients fetching, "
              "unmasking, sending the next one: the clients share the machine's cores), and "
-             "the wait for the batch to fill.", "",
+             "the wait for the batch to fill. Client columns (medians per request): sharing "
+             "and sending, fetching and unmasking, polls for the result (each one RPC), and "
+             "the client process's CPU.", "",
              "| protocol | batching | C x R | throughput /s | x single | p50 ms | p95 ms | "
              "p99 ms | p95 / single p50 | mean batch | owner step / idle / gathering ms | "
-             "refused | lost | wrong | agreement |",
-             "|" + "---|" * 15]
+             "client send / receive ms | polls | client CPU ms | refused | lost | wrong | "
+             "agreement |",
+             "|" + "---|" * 18]
     verdicts = []
     for r in table:
         base = _baseline(table, r.get("protocol"))
@@ -89,6 +92,8 @@ def section(summary: dict[str, Any]) -> list[str]:
             _f(r.get("mean_batch")),
             " / ".join(_f(r.get(f"owner_{k}_ms_median"), ".0f")
                        for k in ("step", "idle", "gather")),
+            " / ".join(_f(r.get(f"client_{k}_ms_median"), ".0f") for k in ("send", "receive")),
+            _f(r.get("client_polls_median"), ".2g"), _f(r.get("client_cpu_ms_median"), ".2g"),
             str(r.get("refused")), str(r.get("lost")),
             str(r.get("wrong")), _f(r.get("argmax_agreement"), ".4g")]) + " |")
         target = TARGET_SPEEDUP.get(str(r.get("protocol")))
