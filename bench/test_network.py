@@ -68,6 +68,7 @@ with Cluster(network=network) as cluster:
         info["links"] = {**counted["links"], **counted["driver_links"]}
         info["rounds"] = counted["rounds_with_driver"]
         info["round_links"] = counted["round_links"]
+        info["schedule"] = counted["schedule"]
         info["party_rounds"] = counted["rounds"]
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
@@ -159,7 +160,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
     emulated_s = medians["shaped"]
     described = driver.info["network"]
     comm = {"links": base["links"], "rounds": base["rounds"],
-            "round_links": base["round_links"]}
+            "round_links": base["round_links"], "schedule": base["schedule"]}
     projection = project(base["median_s"], comm, network.rate, network.rtt,
                          unshaped=["driver"])
     row = {
@@ -172,6 +173,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
         "projected_without_rtt_ms": (projection.compute_s + projection.transfer_s) * 1e3,
         "projected_sequential_without_rtt_ms": (
             projection.compute_s + projection.transfer_sequential_s) * 1e3,
+        "projected_scheduled_without_rtt_ms": (
+            projection.compute_s + projection.transfer_scheduled_s) * 1e3,
         "projection": projection.as_dict(),
         "party_rounds": base["party_rounds"],
         "loopback_socket_bytes": base["socket_bytes"],

@@ -159,7 +159,8 @@ def _driver() -> None:
         return out[0]
 
     def summary(count):
-        out = {k: v for k, v in count.as_dict().items() if k not in ("method", "round_links")}
+        out = {k: v for k, v in count.as_dict().items()
+               if k not in ("method", "round_links", "schedule")}
         rounds = count.round_links()  # checked against the totals here, in full below
         report["round_checks"].append([
             sum(sum(r.values()) for r in rounds), out["party_bytes"] + out["driver_bytes"],
@@ -248,6 +249,7 @@ def _driver() -> None:
         plain = comm.count(two_outputs, values, players=players)
         report["plain"] = summary(plain)
         report["plain_rounds"] = plain.round_links()
+        report["plain_schedule"] = plain.as_dict()["schedule"]
         for name, fn in (("control_flow", loop), ("dynamic_shape", dynamic)):
             try:
                 comm.count(fn, values, players=players)
@@ -324,6 +326,19 @@ def test_plain_function_with_two_results(measured):
         {"driver->server0": N * FLOAT},
         {"server0->driver": N * FLOAT, "server0->server1": N * FLOAT},
         {"server1->driver": N * FLOAT}]
+
+
+def test_schedule_names_what_each_transfer_waits_for(measured):
+    """The same function's transfers with their direct predecessors: w goes to server1
+    and to the driver once the input has arrived; w * 2 once w reached server1."""
+    schedule = measured["plain_schedule"]
+    links = [link for link, _, _ in schedule]
+    named = {link: (nbytes, sorted(links[j] for j in after)) for link, nbytes, after in schedule}
+    assert len(named) == len(schedule) == 4
+    assert named == {"driver->server0": (N * FLOAT, []),
+                     "server0->server1": (N * FLOAT, ["driver->server0"]),
+                     "server0->driver": (N * FLOAT, ["driver->server0"]),
+                     "server1->driver": (N * FLOAT, ["server0->server1"])}
 
 
 def test_rounds_hold_every_transfer_once(measured):

@@ -21,7 +21,7 @@ import pytest
 from harness.net import netns
 from harness.net.netprofile import LAN, LOOPBACK, WAN, parse_network, parse_networks
 from harness.net.shaping import ShapedNetwork, bucket, netem_support, qdiscs
-from harness.results.projection import link_loads, project
+from harness.results.projection import link_loads, project, transfer_scheduled_s
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -356,6 +356,35 @@ def test_projection_of_rounds_one_after_another():
     assert p.transfer_sequential_s == pytest.approx(0.5 + 0.7)
     assert p.total_sequential_s == pytest.approx(0.01 + 1.2)
     assert p.as_dict()["total_sequential_s"] == pytest.approx(1.21)
+
+
+def test_projection_replays_the_transfers_on_their_links():
+    """Round 1: server0 sends 300k to server1 and 200k to server2 (both on server0's
+    uplink: one after the other, in order: 0.3 s, then 0.5 s); server2 -> server1 (100k)
+    waits for the 200k: done at 0.6 s; server1 -> server0 (700k) waits for the 300k:
+    0.3 + 0.7 s. Between the busiest link (0.7 s) and rounds one after another (1.2 s)."""
+    comm = {"links": {"server0->server1": {"bytes": 300_000},
+                      "server0->server2": {"bytes": 200_000},
+                      "server2->server1": {"bytes": 100_000},
+                      "server1->server0": {"bytes": 700_000}}, "rounds": 2,
+            "round_links": [{"server0->server1": 300_000, "server0->server2": 200_000},
+                            {"server1->server0": 700_000, "server2->server1": 100_000}],
+            "schedule": [["server0->server1", 300_000, []], ["server0->server2", 200_000, []],
+                         ["server2->server1", 100_000, [1]], ["server1->server0", 700_000, [0]]]}
+    p = project(0.01, comm, rate=1e6, rtt_s=0.0, overhead=1.0)
+    assert p.transfer_s == pytest.approx(0.7) and p.transfer_sequential_s == pytest.approx(1.2)
+    assert p.transfer_scheduled_s == pytest.approx(1.0)  # server1 down is free by then
+    assert p.as_dict()["total_scheduled_s"] == pytest.approx(1.01)
+    # the driver has no link of its own: in a star its peer's link carries what it
+    # sends (0.1 s on server0's downlink); in a mesh its pairs take no time
+    driver = [["driver->server0", 100_000, []], ["server0->server1", 300_000, [0]]]
+    assert transfer_scheduled_s(driver, 1e6, unshaped=["driver"],
+                                overhead=1.0) == pytest.approx(0.4)
+    assert transfer_scheduled_s(driver, 1e6, "mesh", unshaped=["driver"],
+                                overhead=1.0) == pytest.approx(0.3)
+    assert transfer_scheduled_s(comm["schedule"], None) == 0.0
+    with pytest.raises(ValueError, match="cycle"):
+        transfer_scheduled_s([["a->b", 1, [1]], ["b->a", 1, [0]]], 1e6)
 
 
 @pytest.mark.parametrize("comm, message", [

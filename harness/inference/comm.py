@@ -79,6 +79,7 @@ class Transfer:
     nbytes: int
     control: bool = False  # an empty tensor standing for a control dependency
     level: int = 0  # its place on the longest chain of cross-task transfers ending with it
+    after: tuple[int, ...] = ()  # the transfers (indices) it waits for, directly
 
     @property
     def link(self) -> str:
@@ -140,6 +141,8 @@ class Communication:
             "driver_tensors": driver_tensors,
             "rounds_with_driver": self.rounds_with_driver,
             "round_links": self.round_links(),
+            # per transfer: link, bytes, the transfers it directly waits for (indices)
+            "schedule": [[t.link, t.nbytes, list(t.after)] for t in self.transfers],
             "method": METHOD,
         }
 
@@ -309,6 +312,8 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
     by_name = [{n.name: n for n in graph.node} for graph in partitions]
     transfers: list[Transfer] = []
     received_at: list[tuple[int, str]] = []  # per transfer, its Recv node
+    sent_at: list[tuple[int, str]] = []  # per transfer, its Send node
+    crossing: dict[tuple, int] = {}  # (Send node, Recv node) -> transfer index
     # node -> [(next node, (party, party data, any cross-task) transfers on the edge)]
     edges: dict[tuple[int, str], list[tuple[tuple[int, str], tuple[int, ...]]]] = defaultdict(list)
     for (index, name), node in nodes.items():
@@ -325,12 +330,16 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
                 send.input[0], dtype.name, shape,
                 _nbytes(dtype, shape, f"send {send.name!r}"), control))
             received_at.append((r_index, recv.name))
+            sent_at.append((s_index, send.name))
+            crossing[(sent_at[-1], received_at[-1])] = len(transfers) - 1
             last = transfers[-1]
             weights = (int(last.party), int(last.party and not last.control), 1)
         edges[(s_index, send.name)].append(((r_index, recv.name), weights))
 
-    chains = _longest_chains(nodes, edges)
-    transfers = [replace(t, level=chains[at][2]) for t, at in zip(transfers, received_at)]
+    chains, behind = _longest_chains(nodes, edges, crossing)
+    waits = [behind[at] for at in sent_at]
+    transfers = [replace(t, level=chains[at][2], after=_direct(waits[i], waits))
+                 for i, (t, at) in enumerate(zip(transfers, received_at))]
     with_driver = max((v[2] for v in chains.values()), default=0)
     # partitions renumber their _Retval nodes; the optimised graph has the call's order
     retvals = {n.attr["index"].i: n.name for n in optimised.values() if n.op == "_Retval"}
@@ -345,15 +354,28 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         transfers.append(Transfer(player_of(device, players), DRIVER, f"fetch:{i}",
                                   f"output:{i}", dtype.name, shape,
                                   _nbytes(dtype, shape, f"output {i}"),
-                                  level=chains[where[0]][2] + 1))
+                                  level=chains[where[0]][2] + 1,
+                                  after=_direct(behind[where[0]], waits)))
         with_driver = max(with_driver, chains[where[0]][2] + 1)
     return Communication(transfers, max((v[0] for v in chains.values()), default=0),
                          max((v[1] for v in chains.values()), default=0), with_driver)
 
 
-def _longest_chains(nodes: dict, edges: dict) -> dict[Any, tuple[int, ...]]:
+def _direct(behind: int, waits: Sequence[int]) -> tuple[int, ...]:
+    """The transfers of the bit set ``behind`` that no other one of them waits for
+    (``waits[j]``: the bit set transfer j waits for): the direct predecessors."""
+    found = [j for j in range(behind.bit_length()) if behind >> j & 1]
+    covered = 0
+    for j in found:
+        covered |= waits[j]
+    return tuple(j for j in found if not covered >> j & 1)
+
+
+def _longest_chains(nodes: dict, edges: dict,
+                    crossing: dict) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]:
     """Per node, the most (party, party data, cross-task) transfers on any chain of
-    dependencies that ends there: longest paths in the DAG, one per weight."""
+    dependencies that ends there: longest paths in the DAG, one per weight; and the
+    transfers (bit j: ``crossing``'s transfer j) some chain ending there crosses."""
     indegree = {k: 0 for k in nodes}
     for src, outs in edges.items():
         if src not in nodes:
@@ -363,6 +385,7 @@ def _longest_chains(nodes: dict, edges: dict) -> dict[Any, tuple[int, ...]]:
                 raise CommError(f"edge to {dst[1]!r}, which is not in its partition graph")
             indegree[dst] += 1
     best = dict.fromkeys(nodes, (0, 0, 0))
+    behind = dict.fromkeys(nodes, 0)
     ready = deque(k for k, d in indegree.items() if d == 0)
     seen = 0
     while ready:
@@ -370,12 +393,14 @@ def _longest_chains(nodes: dict, edges: dict) -> dict[Any, tuple[int, ...]]:
         seen += 1
         for dst, weights in edges.get(src, ()):
             best[dst] = tuple(max(d, s + w) for d, s, w in zip(best[dst], best[src], weights))
+            crossed = crossing.get((src, dst))
+            behind[dst] |= behind[src] | (0 if crossed is None else 1 << crossed)
             indegree[dst] -= 1
             if indegree[dst] == 0:
                 ready.append(dst)
     if seen != len(nodes):
         raise CommError("the partition graphs have a cycle: rounds are undefined")
-    return best
+    return best, behind
 
 
 def count(fn: Any, *args: Any, players: Sequence[str], **kwargs: Any) -> Communication:

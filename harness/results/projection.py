@@ -54,10 +54,19 @@ opposite reading: rounds never overlap, and each lasts as long as its busiest li
 needs. Real runs fall between the two (a round's transfers start as their own inputs
 arrive, not when the whole previous round has), so a report shows both.
 
+Where each transfer's direct predecessors are known (``comm["schedule"]``: link,
+bytes, the transfers it waits for), ``transfer_scheduled_s`` replays them: a transfer
+starts when everything it waits for has arrived and its links are free (a link
+carries one transfer at a time, in the order they became ready; in a star, the
+sender's uplink and the receiver's downlink), and takes bytes x overhead / rate. Its
+makespan lies between the two readings above; it still leaves out the compute between
+transfers (assumption 1 holds it apart).
+
 Plain numbers and dicts in, plain numbers out; no TensorFlow.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
@@ -81,6 +90,7 @@ class Projection:
     total_bytes: int
     topology: str
     transfer_sequential_s: float | None = None  # rounds one after another (upper bound)
+    transfer_scheduled_s: float | None = None  # the transfers replayed on the links
 
     @property
     def total_sequential_s(self) -> float | None:
@@ -90,13 +100,21 @@ class Projection:
         return self.compute_s + self.latency_s + self.transfer_sequential_s
 
     @property
+    def total_scheduled_s(self) -> float | None:
+        """The projection with ``transfer_scheduled_s`` as its transfer term."""
+        if self.transfer_scheduled_s is None:
+            return None
+        return self.compute_s + self.latency_s + self.transfer_scheduled_s
+
+    @property
     def latency_lower_s(self) -> float:
         """The latency term if every round waited only one way (RTT/2)."""
         return self.latency_s / 2
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "latency_lower_s": self.latency_lower_s,
-                "total_sequential_s": self.total_sequential_s}
+                "total_sequential_s": self.total_sequential_s,
+                "total_scheduled_s": self.total_scheduled_s}
 
 
 def link_loads(comm: Mapping[str, Any], topology: str = "star",
@@ -110,16 +128,56 @@ def link_loads(comm: Mapping[str, Any], topology: str = "star",
         raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
     skip = set(unshaped)
     loads: dict[str, int] = {}
-    for key, sender, receiver, nbytes in _links(comm):
-        if topology == "mesh":
-            if not {sender, receiver} & skip:
-                loads[key] = loads.get(key, 0) + nbytes
-            continue
-        for party, direction in ((sender, "up"), (receiver, "down")):
-            if party not in skip:
-                name = f"{party} {direction}"
-                loads[name] = loads.get(name, 0) + nbytes
+    for _key, sender, receiver, nbytes in _links(comm):
+        for name in _link_names(sender, receiver, topology, skip):
+            loads[name] = loads.get(name, 0) + nbytes
     return loads
+
+
+def _link_names(sender: str, receiver: str, topology: str, skip: set[str]) -> list[str]:
+    if topology == "mesh":
+        return [] if {sender, receiver} & skip else [f"{sender}->{receiver}"]
+    return [f"{p} {d}" for p, d in ((sender, "up"), (receiver, "down")) if p not in skip]
+
+
+def transfer_scheduled_s(schedule: Any, rate: float | None, topology: str = "star",
+                         unshaped: Iterable[str] = (),
+                         overhead: float = FULL_FRAME_OVERHEAD) -> float:
+    """Makespan of the transfers of ``schedule`` (``[[link, bytes, [waits for]], ...]``)
+    on links of ``rate`` bytes/s (see the module docstring)."""
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
+    if rate is None:
+        return 0.0
+    skip, n = set(unshaped), len(schedule)
+    pending = [len(entry[2]) for entry in schedule]
+    dependents: list[list[int]] = [[] for _ in range(n)]
+    for i, (_link, _bytes, after) in enumerate(schedule):
+        for j in after:
+            if not 0 <= j < n or j == i:
+                raise ValueError(f"schedule entry {i} waits for {j}: not another entry")
+            dependents[j].append(i)
+    ready_at = [0.0] * n
+    heap = [(0.0, i) for i in range(n) if not pending[i]]
+    free: dict[str, float] = {}
+    end = 0.0
+    while heap:
+        ready, i = heapq.heappop(heap)
+        sender, _, receiver = str(schedule[i][0]).partition("->")
+        links = _link_names(sender.strip(), receiver.strip(), topology, skip)
+        start = max([ready, *(free.get(k, 0.0) for k in links)])
+        done = start + (schedule[i][1] * overhead / rate if links else 0.0)
+        for k in links:
+            free[k] = done
+        end = max(end, done)
+        for d in dependents[i]:
+            ready_at[d] = max(ready_at[d], done)
+            pending[d] -= 1
+            if not pending[d]:
+                heapq.heappush(heap, (ready_at[d], d))
+    if any(pending):
+        raise ValueError("the schedule has a cycle: transfers that wait for each other")
+    return end
 
 
 def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s: float,
@@ -154,12 +212,15 @@ def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s
         peaks = [max(link_loads({"links": {k: {"bytes": n} for k, n in r.items()}},
                                 topology, unshaped).values(), default=0) for r in per_round]
         sequential = 0.0 if rate is None else sum(peaks) * overhead / rate
+    schedule = comm.get("schedule")
+    scheduled = None if schedule is None else transfer_scheduled_s(
+        schedule, rate, topology, unshaped, overhead)
     return Projection(
         total_s=compute_s + latency + transfer, compute_s=compute_s, latency_s=latency,
         transfer_s=transfer, rounds=rounds, rtt_s=rtt_s, rate_bytes_per_s=rate,
         busiest_link=busiest, busiest_link_bytes=busiest_bytes,
         total_bytes=sum(n for *_, n in _links(comm)), topology=topology,
-        transfer_sequential_s=sequential,
+        transfer_sequential_s=sequential, transfer_scheduled_s=scheduled,
     )
 
 
