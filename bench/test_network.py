@@ -162,7 +162,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
     comm = {"links": base["links"], "rounds": base["rounds"],
             "round_links": base["round_links"], "schedule": base["schedule"]}
     projection = project(base["median_s"], comm, network.rate, network.rtt,
-                         unshaped=["driver"])
+                         unshaped=["driver"], burst=described.get("burst_bytes") or 0)
     row = {
         "model": model, "protocol": protocol, "batch": batch, "network": network.name,
         "rate_bytes_per_s": network.rate, "rtt_s": network.rtt,

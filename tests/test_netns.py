@@ -380,8 +380,14 @@ def test_projection_replays_the_transfers_on_their_links():
     driver = [["driver->server0", 100_000, []], ["server0->server1", 300_000, [0]]]
     assert transfer_scheduled_s(driver, 1e6, unshaped=["driver"],
                                 overhead=1.0) == pytest.approx(0.4)
-    assert transfer_scheduled_s(driver, 1e6, "mesh", unshaped=["driver"],
+    assert transfer_scheduled_s(driver, 1e6, topology="mesh", unshaped=["driver"],
                                 overhead=1.0) == pytest.approx(0.3)
+    # a token bucket of 100k lets that much through at once; 0.9 s of compute spread
+    # over the two levels (0.3 s before each, 0.3 s after) refills it before the second
+    assert transfer_scheduled_s(driver, 1e6, 0.0, 100_000, topology="mesh", unshaped=["driver"],
+                                overhead=1.0) == pytest.approx(0.2)
+    assert transfer_scheduled_s(driver, 1e6, 0.9, 100_000, unshaped=["driver"],
+                                overhead=1.0) == pytest.approx(0.2)
     assert transfer_scheduled_s(comm["schedule"], None) == 0.0
     with pytest.raises(ValueError, match="cycle"):
         transfer_scheduled_s([["a->b", 1, [1]], ["b->a", 1, [0]]], 1e6)

@@ -55,12 +55,15 @@ needs. Real runs fall between the two (a round's transfers start as their own in
 arrive, not when the whole previous round has), so a report shows both.
 
 Where each transfer's direct predecessors are known (``comm["schedule"]``: link,
-bytes, the transfers it waits for), ``transfer_scheduled_s`` replays them: a transfer
-starts when everything it waits for has arrived and its links are free (a link
-carries one transfer at a time, in the order they became ready; in a star, the
-sender's uplink and the receiver's downlink), and takes bytes x overhead / rate. Its
-makespan lies between the two readings above; it still leaves out the compute between
-transfers (assumption 1 holds it apart).
+bytes, the transfers it waits for), ``transfer_scheduled_s`` replays them instead of
+assumptions 1 and 2: the compute is spread evenly over the call, one equal slice
+before each level of the longest chain of transfers and one after the last; a
+transfer starts one slice after everything it waits for has arrived, once its links
+are free (a link carries one transfer at a time, in the order they became ready; in a
+star, the sender's uplink and the receiver's downlink); it takes bytes x overhead /
+rate, less what the link's token bucket (``burst`` bytes, refilled at the rate while
+the link idles, as ``tbf`` does) lets through at once. The replay's makespan minus the
+compute is its transfer term.
 
 Plain numbers and dicts in, plain numbers out; no TensorFlow.
 """
@@ -140,11 +143,12 @@ def _link_names(sender: str, receiver: str, topology: str, skip: set[str]) -> li
     return [f"{p} {d}" for p, d in ((sender, "up"), (receiver, "down")) if p not in skip]
 
 
-def transfer_scheduled_s(schedule: Any, rate: float | None, topology: str = "star",
+def transfer_scheduled_s(schedule: Any, rate: float | None, compute_s: float = 0.0,
+                         burst: float = 0.0, topology: str = "star",
                          unshaped: Iterable[str] = (),
                          overhead: float = FULL_FRAME_OVERHEAD) -> float:
-    """Makespan of the transfers of ``schedule`` (``[[link, bytes, [waits for]], ...]``)
-    on links of ``rate`` bytes/s (see the module docstring)."""
+    """The transfer term of the replay of ``schedule`` (``[[link, bytes, [waits for]],
+    ...]``) on links of ``rate`` bytes/s (see the module docstring)."""
     if topology not in TOPOLOGIES:
         raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
     if rate is None:
@@ -152,21 +156,39 @@ def transfer_scheduled_s(schedule: Any, rate: float | None, topology: str = "sta
     skip, n = set(unshaped), len(schedule)
     pending = [len(entry[2]) for entry in schedule]
     dependents: list[list[int]] = [[] for _ in range(n)]
+    level = [0] * n
     for i, (_link, _bytes, after) in enumerate(schedule):
         for j in after:
             if not 0 <= j < n or j == i:
                 raise ValueError(f"schedule entry {i} waits for {j}: not another entry")
             dependents[j].append(i)
+    order = [i for i in range(n) if not pending[i]]
+    for i in order:  # levels: 1 + the longest chain of transfers before
+        for d in dependents[i]:
+            level[d] = max(level[d], level[i] + 1)
+            pending[d] -= 1
+            if not pending[d]:
+                order.append(d)
+    if len(order) != n:
+        raise ValueError("the schedule has a cycle: transfers that wait for each other")
+    gap = compute_s / (max(level, default=-1) + 2)
+    pending = [len(entry[2]) for entry in schedule]
     ready_at = [0.0] * n
-    heap = [(0.0, i) for i in range(n) if not pending[i]]
+    heap = [(gap, i) for i in range(n) if not pending[i]]
     free: dict[str, float] = {}
+    tokens: dict[str, float] = {}
     end = 0.0
     while heap:
         ready, i = heapq.heappop(heap)
         sender, _, receiver = str(schedule[i][0]).partition("->")
         links = _link_names(sender.strip(), receiver.strip(), topology, skip)
         start = max([ready, *(free.get(k, 0.0) for k in links)])
-        done = start + (schedule[i][1] * overhead / rate if links else 0.0)
+        size, takes = schedule[i][1] * overhead, 0.0
+        for k in links:  # the bucket refilled since the link's last transfer ended
+            held = min(burst, tokens.get(k, burst) + rate * (start - free.get(k, 0.0)))
+            takes = max(takes, max(0.0, size - held) / rate)
+            tokens[k] = max(0.0, held - size)
+        done = start + takes
         for k in links:
             free[k] = done
         end = max(end, done)
@@ -174,21 +196,20 @@ def transfer_scheduled_s(schedule: Any, rate: float | None, topology: str = "sta
             ready_at[d] = max(ready_at[d], done)
             pending[d] -= 1
             if not pending[d]:
-                heapq.heappush(heap, (ready_at[d], d))
-    if any(pending):
-        raise ValueError("the schedule has a cycle: transfers that wait for each other")
-    return end
+                heapq.heappush(heap, (ready_at[d] + gap, d))
+    return max(end + gap, compute_s) - compute_s
 
 
 def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s: float,
             topology: str = "star", unshaped: Iterable[str] = (),
-            overhead: float = FULL_FRAME_OVERHEAD) -> Projection:
+            overhead: float = FULL_FRAME_OVERHEAD, burst: float = 0.0) -> Projection:
     """Projected latency of one prediction (see the module docstring).
 
     ``compute_s``: measured loopback latency (median, seconds); ``comm``: the traffic
     of one prediction, ``{"links": {"a->b": {"bytes": int, "tensors": int}},
     "rounds": int}``; ``rate``: link rate in bytes/s (None: unlimited); ``rtt_s``:
-    round-trip time in seconds.
+    round-trip time in seconds; ``burst``: each link's token bucket in bytes (the
+    replay only).
     """
     if not compute_s >= 0:
         raise ValueError(f"compute_s must be a measured time >= 0 s, got {compute_s!r}")
@@ -214,7 +235,7 @@ def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s
         sequential = 0.0 if rate is None else sum(peaks) * overhead / rate
     schedule = comm.get("schedule")
     scheduled = None if schedule is None else transfer_scheduled_s(
-        schedule, rate, topology, unshaped, overhead)
+        schedule, rate, compute_s, burst, topology, unshaped, overhead)
     return Projection(
         total_s=compute_s + latency + transfer, compute_s=compute_s, latency_s=latency,
         transfer_s=transfer, rounds=rounds, rtt_s=rtt_s, rate_bytes_per_s=rate,

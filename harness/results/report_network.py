@@ -52,7 +52,9 @@ def section(summary: dict[str, Any]) -> list[str]:
             "round as long as its busiest link needs): the upper reading of the transfer "
             "term, where the projection's busiest link is the lower. *scheduled*: each "
             "transfer replayed on its links once the transfers it waits for have arrived "
-            "(the traffic analysis names them), a link carrying one at a time.", "",
+            "(the traffic analysis names them), a link carrying one at a time, with the "
+            "compute spread evenly between the levels of transfers and each link's token "
+            "bucket (the emulation's tbf burst) letting small transfers through at once.", "",
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
                      "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "rounds sequential w/o RTT ms", "scheduled w/o RTT ms",
