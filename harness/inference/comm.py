@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import math
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -43,6 +43,8 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.core.framework import function_pb2  # noqa: E402
 from tensorflow.python.eager import context  # noqa: E402
 from tensorflow.python.eager.polymorphic_function import function_type_utils  # noqa: E402
+
+from harness.inference.comm_graph import CommError, direct_predecessors, longest_chains  # noqa: E402
 
 DRIVER = "driver"
 DRIVER_JOB = "localhost"
@@ -60,10 +62,6 @@ _CONTROL_FLOW = frozenset({
 })
 _CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall", "SymbolicGradient",
                     "RemoteCall", "_XlaRun", "XlaLaunch"})
-
-
-class CommError(RuntimeError):
-    """A transfer whose size or count cannot be known exactly; says which and why."""
 
 
 @dataclass(frozen=True)
@@ -336,9 +334,9 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
             weights = (int(last.party), int(last.party and not last.control), 1)
         edges[(s_index, send.name)].append(((r_index, recv.name), weights))
 
-    chains, behind = _longest_chains(nodes, edges, crossing)
+    chains, behind = longest_chains(nodes, edges, crossing)
     waits = [behind[at] for at in sent_at]
-    transfers = [replace(t, level=chains[at][2], after=_direct(waits[i], waits))
+    transfers = [replace(t, level=chains[at][2], after=direct_predecessors(waits[i], waits))
                  for i, (t, at) in enumerate(zip(transfers, received_at))]
     with_driver = max((v[2] for v in chains.values()), default=0)
     # partitions renumber their _Retval nodes; the optimised graph has the call's order
@@ -355,52 +353,10 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
                                   f"output:{i}", dtype.name, shape,
                                   _nbytes(dtype, shape, f"output {i}"),
                                   level=chains[where[0]][2] + 1,
-                                  after=_direct(behind[where[0]], waits)))
+                                  after=direct_predecessors(behind[where[0]], waits)))
         with_driver = max(with_driver, chains[where[0]][2] + 1)
     return Communication(transfers, max((v[0] for v in chains.values()), default=0),
                          max((v[1] for v in chains.values()), default=0), with_driver)
-
-
-def _direct(behind: int, waits: Sequence[int]) -> tuple[int, ...]:
-    """The transfers of the bit set ``behind`` that no other one of them waits for
-    (``waits[j]``: the bit set transfer j waits for): the direct predecessors."""
-    found = [j for j in range(behind.bit_length()) if behind >> j & 1]
-    covered = 0
-    for j in found:
-        covered |= waits[j]
-    return tuple(j for j in found if not covered >> j & 1)
-
-
-def _longest_chains(nodes: dict, edges: dict,
-                    crossing: dict) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]:
-    """Per node, the most (party, party data, cross-task) transfers on any chain of
-    dependencies that ends there: longest paths in the DAG, one per weight; and the
-    transfers (bit j: ``crossing``'s transfer j) some chain ending there crosses."""
-    indegree = {k: 0 for k in nodes}
-    for src, outs in edges.items():
-        if src not in nodes:
-            raise CommError(f"input {src[1]!r} is not in its partition graph")
-        for dst, _ in outs:
-            if dst not in nodes:
-                raise CommError(f"edge to {dst[1]!r}, which is not in its partition graph")
-            indegree[dst] += 1
-    best = dict.fromkeys(nodes, (0, 0, 0))
-    behind = dict.fromkeys(nodes, 0)
-    ready = deque(k for k, d in indegree.items() if d == 0)
-    seen = 0
-    while ready:
-        src = ready.popleft()
-        seen += 1
-        for dst, weights in edges.get(src, ()):
-            best[dst] = tuple(max(d, s + w) for d, s, w in zip(best[dst], best[src], weights))
-            crossed = crossing.get((src, dst))
-            behind[dst] |= behind[src] | (0 if crossed is None else 1 << crossed)
-            indegree[dst] -= 1
-            if indegree[dst] == 0:
-                ready.append(dst)
-    if seen != len(nodes):
-        raise CommError("the partition graphs have a cycle: rounds are undefined")
-    return best, behind
 
 
 def count(fn: Any, *args: Any, players: Sequence[str], **kwargs: Any) -> Communication:
