@@ -22,15 +22,18 @@ from test_serving import PY, REPO, Serve, _clean, _env, leftover_workers, plaint
 WAITING = "are in use: waiting up to"
 
 
-def _clients(hostmap: Path, specs: list[tuple[int, int]]) -> list[subprocess.Popen]:
-    """``python -m harness client`` per (image index, repeat), all started at once."""
+def _clients(hostmap: Path, specs: list[tuple[int, int]],
+             errs: list[Path] | None = None) -> list[subprocess.Popen]:
+    """``python -m harness client`` per (image index, repeat), all started at once;
+    stderr to the files ``errs`` if given (readable while they run), else a pipe."""
     from harness.net.cluster import exit_with_parent  # noqa: PLC0415
 
     return [subprocess.Popen(
         [PY, "-m", "harness", "client", "--config", str(hostmap), "--image", str(index),
          "--repeat", str(repeat), "--json", "--wait", "400", "--timeout", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
-        preexec_fn=exit_with_parent) for index, repeat in specs]
+        stdout=subprocess.PIPE, stderr=open(errs[k], "w") if errs else subprocess.PIPE,
+        text=True, env=_env(), cwd=REPO, preexec_fn=exit_with_parent)
+        for k, (index, repeat) in enumerate(specs)]
 
 
 def _batches(log: str) -> list[int]:
@@ -66,37 +69,44 @@ def _stdin_clients(hostmap: Path, n: int) -> list[subprocess.Popen]:
 @pytest.mark.cluster
 def test_more_clients_than_slots_wait_their_turn_and_get_their_own_results(
         tmp_path: Path) -> None:
-    """5 clients at once on 2 slots: the 3 without a slot say once that they wait, then
-    are served, each with its own image's logits. Then 2 clients send 4 requests each at
-    the same moment: their requests share private predictions (batches of 2). The owner
-    answers exactly N and stops; nothing is left running."""
+    """2 clients hold both slots; 5 more start at once and each says once that it waits.
+    The 2 send 4 requests each at the same moment: their requests share private
+    predictions (batches of 2). Once they leave, the 5 are served, each with its own
+    image's logits. The owner answers exactly N and stops; nothing is left running."""
     from harness.inference.data import load_mnist  # noqa: PLC0415
 
     indices, repeat, paired = [0, 1, 2, 3, 4], 2, 4
     n = len(indices) * repeat + 2 * paired
     serve = Serve(tmp_path, "securenn", num_requests=n,
                   extra=("--clients", "2", "--max-batch", "2", "--batch-window", "2000"))
-    procs: list[subprocess.Popen] = []
+    holders: list[subprocess.Popen] = []
+    first: list[subprocess.Popen] = []
+    err_files = [tmp_path / f"client{i}.err" for i in indices]
     try:
         serve.wait_ready()
-        first = procs = _clients(serve.hostmap, [(i, repeat) for i in indices])
-        outs = [p.communicate(timeout=600) for p in procs]
+        holders = _stdin_clients(serve.hostmap, 2)
+        first = _clients(serve.hostmap, [(i, repeat) for i in indices], err_files)
+        deadline = time.monotonic() + 300
+        while not all(WAITING in f.read_text(errors="replace") for f in err_files):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in first), \
+                [f.read_text(errors="replace")[-500:] for f in err_files]
+            time.sleep(0.2)
         mark = len(serve.err_path.read_text(errors="replace"))
-        procs = _stdin_clients(serve.hostmap, 2)
-        for k, p in enumerate(procs):  # both at once: 10..13 and 20..23
+        for k, p in enumerate(holders):  # both at once: 10..13 and 20..23
             p.stdin.write("".join(f"{10 * (k + 1) + r}\n" for r in range(paired)))
             p.stdin.flush()
-        answers = [[json.loads(p.stdout.readline()) for _ in range(paired)] for p in procs]
-        for p in procs:
+        answers = [[json.loads(p.stdout.readline()) for _ in range(paired)] for p in holders]
+        for p in holders:  # leaving frees the slots for the 5
             p.stdin.close()
+        outs = [p.communicate(timeout=600) for p in first]
         rc, out = serve.finish(timeout=120)
     finally:
-        for p in procs:
+        for p in holders + first:
             if p.poll() is None:
                 p.kill()
         serve.close()
     log = serve.log()
-    errs = [_clean(e) for _, e in outs]
+    errs = [_clean(f.read_text(errors="replace")) for f in err_files]
     done = [(p.returncode, o) for p, (o, _) in zip(first, outs)]
     assert [code for code, _ in done] == [0] * len(indices), "\n".join(errs)[-4000:]
     waited = [e for e in errs if WAITING in e]
