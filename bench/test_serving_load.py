@@ -174,7 +174,8 @@ class LoadDeployment:
         return last - start, answers
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time used so far: the serving side (owner and workers) and the clients."""
+        """CPU time used so far: the serving side (owner and workers), the owner alone,
+        and the clients."""
         import psutil  # noqa: PLC0415
 
         def total(procs: list[Any]) -> float:
@@ -189,6 +190,7 @@ class LoadDeployment:
 
         owner = psutil.Process(self.serve.pid)
         return {"serving": total([owner, *owner.children(recursive=True)]),
+                "owner": total([owner]),
                 "clients": total([psutil.Process(p.pid) for p in self.clients])}
 
     def batches_since(self, offset: int) -> tuple[list[tuple[int, float, float, float]], int]:
@@ -319,6 +321,7 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
            **{f"client_{k}_median": _percentile(v, 50) for k, v in parts.items()},
            # CPU seconds per request (2 cores shared by everything)
            "cpu_s_serving_per_request": cpu["serving"] / total,
+           "cpu_s_owner_per_request": cpu["owner"] / total,
            "cpu_s_clients_per_request": cpu["clients"] / total}
     recorder.serving_load.append(row)
     benchmark.extra_info.update(kind="serving-load", **row)

@@ -32,7 +32,7 @@ CHANGES: dict[str, Change] = {c.name: c for c in (
     Change("fused-compare", ("securenn",),
            "SecureNN private compare: each server's part as one C++ kernel on small "
            "integers, server2's zero search as another (was ~40 int64 ops + floormod)"),
-    Change("ring-conv", ("pond", "securenn"),
+    Change("ring-conv", ("pond", "securenn", "aby3"),
            "local int64 convolutions on shares as one direct C++ kernel instead of "
            "transposes + extract_image_patches + int64 matmul"),
     Change("dealer-relu", ("securenn",),
@@ -41,6 +41,9 @@ CHANGES: dict[str, Change] = {c.name: c for c in (
     Change("packed-openings", ("pond", "securenn"),
            "the two Beaver openings of a private x private product travel as one tensor "
            "per direction instead of two"),
+    Change("packed-carry", ("aby3",),
+           "ABY3 carry circuit (sign of a value, every ReLU): each level's two ANDs as one "
+           "AND of stacked operands, 21 transfers per carry instead of 36"),
 )}
 
 
@@ -82,13 +85,14 @@ def gated(name: str, ours: Any) -> Any:
 
 def apply_imported() -> None:
     """Install the gated replacements (they do nothing for stock instances)."""
+    from tf_encrypted.protocol.aby3 import aby3  # noqa: PLC0415
     from tf_encrypted.protocol.pond import pond  # noqa: PLC0415
     from tf_encrypted.protocol.securenn import securenn  # noqa: PLC0415
     from tf_encrypted.tensor import native  # noqa: PLC0415
 
     from harness.tfe.patching import replace  # noqa: PLC0415
     from harness.tfe.speed import (compare, dealer_relu, fused_compare,  # noqa: PLC0415
-                                   packed_openings, ring_conv, triples, wire)
+                                   packed_carry, packed_openings, ring_conv, triples, wire)
 
     replace(pond.Pond, "_share", gated("pair-keys", triples.pond_share), wrap=True)
     replace(pond.Pond, "_reconstruct", gated("narrow-wire", wire.reconstruct), wrap=True)
@@ -100,6 +104,7 @@ def apply_imported() -> None:
     ring_conv.install(native)
     dealer_relu.install(securenn)
     packed_openings.install(pond)
+    packed_carry.install(aby3)
 
 
 def configure(prot: Any, protocol: str, changes: frozenset[str]) -> Any:

@@ -1,0 +1,140 @@
+"""ABY3's speed changes against tf-encrypted's own ABY3, exactly in the ring.
+
+``packed-carry`` (the carry circuit behind every sign, ReLU and comparison) and
+``ring-conv`` (local convolutions) on random replicated shares: the revealed ring
+elements of the tuned protocol equal stock's and plain wrapping arithmetic's, element
+for element. Timings live in ``bench/test_variants.py``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import tensorflow as tf
+import tf_encrypted as tfe
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from tf_encrypted.protocol import protocol as _tfe_protocol
+from tf_encrypted.protocol.aby3 import ABY3PrivateTensor
+from tf_encrypted.protocol.aby3.aby3_tensors import ShareType
+
+from harness.names import PLAYERS
+from harness.tfe import protocols
+from harness.tfe.speed import packed_carry
+
+I64 = np.iinfo(np.int64)
+SETTINGS = settings(max_examples=20, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+ring_values = st.one_of(
+    st.integers(I64.min, I64.max),
+    st.sampled_from([0, 1, -1, -2, 2, I64.min, I64.max, I64.min + 1, I64.max - 1]),
+    st.integers(-(2**20), 2**20))
+
+
+def ring_arrays(shape):
+    return hnp.arrays(np.int64, shape, elements=ring_values)
+
+
+def _protocol(changes):
+    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+    prot = protocols.make("aby3", changes=changes)
+    tfe.set_protocol(prot)
+    _tfe_protocol.nodes.clear()  # tf-encrypted's global memo cache: no reuse across cases
+    return prot
+
+
+def _shared(prot, value, boolean=False):
+    """A replicated ABY3 sharing of raw int64 ``value``: x = x0 + x1 + x2 (or x0 ^ x1 ^ x2),
+    server i holds (x_i, x_{i+1})."""
+    rng = np.random.default_rng()
+    x0, x1 = (rng.integers(I64.min, I64.max, size=value.shape, dtype=np.int64, endpoint=True)
+              for _ in range(2))
+    if boolean:
+        x2 = value ^ x0 ^ x1
+    else:
+        x2 = (value.view(np.uint64) - x0.view(np.uint64) - x1.view(np.uint64)).view(np.int64)
+    parts = (x0, x1, x2)
+    shares = [[None, None] for _ in range(3)]
+    for i in range(3):
+        with tf.device(prot.servers[i].device_name):
+            shares[i] = [prot.default_factory.tensor(tf.constant(parts[(i + j) % 3]))
+                         for j in range(2)]
+    kind = ShareType.BOOLEAN if boolean else ShareType.ARITHMETIC
+    return ABY3PrivateTensor(prot, shares, False, kind)
+
+
+def _revealed(x):
+    return np.asarray(x.reveal().to_native())
+
+
+@settings(SETTINGS, max_examples=10)
+@given(data=st.data(), shape=st.sampled_from([(1,), (7,), (2, 3), (2, 2, 3)]))
+def test_packed_carry_sign_and_relu_equal_stock(data, shape):
+    """The sign (msb) and ReLU of any int64, stock and packed: equal, and exact except
+    tf-encrypted's ReLU at -2^63 (both give -2^63: x - x * msb wraps there)."""
+    x = data.draw(ring_arrays(shape))
+    results = {}
+    for variant, changes in (("stock", ()), ("packed", (packed_carry.NAME,))):
+        prot = _protocol(changes)
+        shared = _shared(prot, x)
+        results[variant] = (_revealed(prot.msb(shared)), _revealed(prot.relu(shared)))
+    for got, want in zip(results["packed"], results["stock"]):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(results["packed"][0].astype(bool), x < 0)
+    exact = x != I64.min
+    np.testing.assert_array_equal(results["packed"][1][exact], np.maximum(x, 0)[exact])
+
+
+@SETTINGS
+@given(data=st.data(), pos=st.sampled_from([0, 1, 2, 6, 7, 30, 31, 62, 63]))
+def test_packed_carry_equals_the_carry_of_an_addition(data, pos):
+    """carry(x, y, pos) on boolean shares: the carry out of bit ``pos`` when adding the
+    low pos+1 bits of x and y (what bit extraction needs at every position)."""
+    x, y = data.draw(ring_arrays((5,))), data.draw(ring_arrays((5,)))
+    results = []
+    for changes in ((), (packed_carry.NAME,)):
+        prot = _protocol(changes)
+        carry = prot.carry(_shared(prot, x, True), _shared(prot, y, True), pos)
+        results.append(_revealed(carry).astype(np.int64))
+    low = (1 << (pos + 1)) - 1
+    want = [((int(a) & low) + (int(b) & low)) >> (pos + 1) for a, b in zip(x, y)]
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[1], want)
+
+
+@SETTINGS
+@given(data=st.data(), strides=st.sampled_from([(1, 1), (2, 2)]),
+       padding=st.sampled_from(["SAME", "VALID"]))
+def test_ring_conv_private_conv2d_equals_stock(data, strides, padding):
+    """An unscaled private x private convolution (no truncation, so exact)."""
+    x, w = data.draw(ring_arrays((1, 2, 5, 5))), data.draw(ring_arrays((3, 3, 2, 3)))
+    results = []
+    for changes in ((), ("ring-conv",)):
+        prot = _protocol(changes)
+        z = prot.conv2d(_shared(prot, x), _shared(prot, w), strides, padding)
+        results.append(_revealed(z))
+    np.testing.assert_array_equal(results[1], results[0])
+
+
+def test_packed_carry_sends_seven_ands_per_sign():
+    """On cluster devices, one 64-bit sign: 7 re-sharing ANDs (21 tensors) in the carry
+    instead of 13 (39; the graph keeps stock's unused last P), plus the 6 of the rest."""
+    hostmap = OrderedDict((name, f"localhost:{4400 + i}") for i, name in enumerate(PLAYERS))
+    counts = {}
+    for changes in ((), (packed_carry.NAME,)):
+        graph = tf.Graph()
+        with graph.as_default():
+            tfe.set_config(tfe.RemoteConfig(hostmap))
+            prot = protocols.make("aby3", changes=changes)
+            tfe.set_protocol(prot)
+            _tfe_protocol.nodes.clear()
+            x = prot.define_private_variable(np.zeros((4, 5)))
+            before = {op.name for op in graph.get_operations()}
+            prot.msb(x)
+            new = [op for op in graph.get_operations() if op.name not in before]
+        counts[changes] = len({(t.name, op.device) for op in new for t in op.inputs
+                               if t.op.device != op.device})
+    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+    assert counts == {(): 45, (packed_carry.NAME,): 27}, counts
+    assert packed_carry.NAME in protocols.resolve_changes("aby3")
