@@ -1,7 +1,8 @@
 """ABY3's speed changes against tf-encrypted's own ABY3, exactly in the ring.
 
-``packed-carry`` (the carry circuit behind every sign, ReLU and comparison) and
-``ring-conv`` (local convolutions) on random replicated shares: the revealed ring
+``packed-carry`` (the carry circuit behind every sign, ReLU and comparison),
+``ring-conv`` (local convolutions) and ``two-products`` (two local products a server in
+a private x private product) on random replicated shares: the revealed ring
 elements of the tuned protocol equal stock's and plain wrapping arithmetic's, element
 for element. Timings live in ``bench/test_variants.py``.
 """
@@ -21,7 +22,7 @@ from tf_encrypted.protocol.aby3.aby3_tensors import ShareType
 
 from harness.names import PLAYERS
 from harness.tfe import protocols
-from harness.tfe.speed import packed_carry
+from harness.tfe.speed import packed_carry, two_products
 
 I64 = np.iinfo(np.int64)
 SETTINGS = settings(max_examples=20, deadline=None,
@@ -106,15 +107,30 @@ def test_packed_carry_equals_the_carry_of_an_addition(data, pos):
 @SETTINGS
 @given(data=st.data(), strides=st.sampled_from([(1, 1), (2, 2)]),
        padding=st.sampled_from(["SAME", "VALID"]))
-def test_ring_conv_private_conv2d_equals_stock(data, strides, padding):
-    """An unscaled private x private convolution (no truncation, so exact)."""
+def test_conv2d_changes_equal_stock(data, strides, padding):
+    """Unscaled private x private convolutions (no truncation, so exact): ring-conv,
+    two-products and both give stock's ring elements."""
     x, w = data.draw(ring_arrays((1, 2, 5, 5))), data.draw(ring_arrays((3, 3, 2, 3)))
     results = []
-    for changes in ((), ("ring-conv",)):
+    for changes in ((), ("ring-conv",), (two_products.NAME,), ("ring-conv", two_products.NAME)):
         prot = _protocol(changes)
         z = prot.conv2d(_shared(prot, x), _shared(prot, w), strides, padding)
         results.append(_revealed(z))
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+
+
+@SETTINGS
+@given(data=st.data(), m=st.integers(1, 4), k=st.integers(1, 6), n=st.integers(1, 4))
+def test_two_products_matmul_equals_stock_and_numpy(data, m, k, n):
+    x, y = data.draw(ring_arrays((m, k))), data.draw(ring_arrays((k, n)))
+    results = []
+    for changes in ((), (two_products.NAME,)):
+        prot = _protocol(changes)
+        results.append(_revealed(prot.matmul(_shared(prot, x), _shared(prot, y))))
     np.testing.assert_array_equal(results[1], results[0])
+    products = x.view(np.uint64)[:, :, None] * y.view(np.uint64)[None, :, :]
+    np.testing.assert_array_equal(results[1], products.sum(axis=1).view(np.int64))
 
 
 def test_packed_carry_sends_seven_ands_per_sign():

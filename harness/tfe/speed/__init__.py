@@ -44,6 +44,9 @@ CHANGES: dict[str, Change] = {c.name: c for c in (
     Change("packed-carry", ("aby3",),
            "ABY3 carry circuit (sign of a value, every ReLU): each level's two ANDs as one "
            "AND of stacked operands, 21 transfers per carry instead of 36"),
+    Change("two-products", ("aby3",),
+           "ABY3 private x private conv2d/matmul: x_i (w_i + w_i+1) + x_i+1 w_i, two local "
+           "products per server instead of three"),
 )}
 
 
@@ -92,7 +95,8 @@ def apply_imported() -> None:
 
     from harness.tfe.patching import replace  # noqa: PLC0415
     from harness.tfe.speed import (compare, dealer_relu, fused_compare,  # noqa: PLC0415
-                                   packed_carry, packed_openings, ring_conv, triples, wire)
+                                   packed_carry, packed_openings, ring_conv, triples,
+                                   two_products, wire)
 
     replace(pond.Pond, "_share", gated("pair-keys", triples.pond_share), wrap=True)
     replace(pond.Pond, "_reconstruct", gated("narrow-wire", wire.reconstruct), wrap=True)
@@ -105,6 +109,7 @@ def apply_imported() -> None:
     dealer_relu.install(securenn)
     packed_openings.install(pond)
     packed_carry.install(aby3)
+    two_products.install(aby3)
 
 
 def configure(prot: Any, protocol: str, changes: frozenset[str]) -> Any:
