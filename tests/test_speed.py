@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_encrypted as tfe
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tf_encrypted.protocol import protocol as _tfe_protocol
@@ -22,21 +22,10 @@ from tf_encrypted.tensor import native
 from harness.names import PLAYERS
 from harness.tfe import patching, protocols
 from harness.tfe.speed import dealer_relu, fused_compare, ring_conv
+from ring_strategies import I64, SETTINGS, ring_arrays
 
 P = 107
 BITS = 64
-I64 = np.iinfo(np.int64)
-SETTINGS = settings(max_examples=25, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-ring_values = st.one_of(
-    st.integers(I64.min, I64.max),
-    st.sampled_from([0, 1, -1, -2, 2, I64.min, I64.max, I64.min + 1, I64.max - 1]),
-    st.integers(-(2**20), 2**20))
-
-
-def ring_arrays(shape):
-    return hnp.arrays(np.int64, shape, elements=ring_values)
 
 
 def field_arrays(shape, low=0, dtype=np.int64):

@@ -13,9 +13,8 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 import tf_encrypted as tfe
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 from tf_encrypted.protocol import protocol as _tfe_protocol
 from tf_encrypted.protocol.aby3 import ABY3PrivateTensor
 from tf_encrypted.protocol.aby3.aby3_tensors import ShareType
@@ -23,18 +22,7 @@ from tf_encrypted.protocol.aby3.aby3_tensors import ShareType
 from harness.names import PLAYERS
 from harness.tfe import protocols
 from harness.tfe.speed import packed_carry, two_products
-
-I64 = np.iinfo(np.int64)
-SETTINGS = settings(max_examples=20, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-ring_values = st.one_of(
-    st.integers(I64.min, I64.max),
-    st.sampled_from([0, 1, -1, -2, 2, I64.min, I64.max, I64.min + 1, I64.max - 1]),
-    st.integers(-(2**20), 2**20))
-
-
-def ring_arrays(shape):
-    return hnp.arrays(np.int64, shape, elements=ring_values)
+from ring_strategies import I64, SETTINGS, ring_arrays
 
 
 def _protocol(changes):
