@@ -10,19 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_encrypted as tfe
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from tf_encrypted.protocol import protocol as _tfe_protocol
 from tf_encrypted.protocol.pond import PondPrivateTensor, PondPublicTensor
 from tf_encrypted.protocol.securenn import securenn
 from tf_encrypted.tensor import native
 
-from harness.names import PLAYERS
 from harness.tfe import patching, protocols
 from harness.tfe.speed import dealer_relu, fused_compare, ring_conv
-from ring_strategies import I64, SETTINGS, ring_arrays
+from ring_strategies import I64, SETTINGS, fresh_protocol, ring_arrays, transfers
 
 P = 107
 BITS = 64
@@ -124,11 +121,7 @@ def test_field_uniform_is_uniform():
 
 # -- protocol steps vs stock ---------------------------------------------------------------
 def _protocol(changes):
-    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
-    prot = protocols.make("securenn", changes=changes)
-    tfe.set_protocol(prot)
-    _tfe_protocol.nodes.clear()  # tf-encrypted's global memo cache: no reuse across cases
-    return prot
+    return fresh_protocol("securenn", changes)
 
 
 def _private(prot, factory, value, is_scaled):
@@ -225,26 +218,11 @@ def test_dealer_relu_sends_six_tensors_per_layer():
     """On cluster devices: one tensor server2 -> one server (bit shares), one each way
     between the servers (c and e stacked), one from each server to server2, one back
     (t and t*a stacked); pair keys cross once per run."""
-    from collections import OrderedDict
-
-    hostmap = OrderedDict((name, f"localhost:{4100 + i}") for i, name in enumerate(PLAYERS))
-    graph = tf.Graph()
-    with graph.as_default():
-        tfe.set_config(tfe.RemoteConfig(hostmap))
-        prot = protocols.make("securenn", changes=("dealer-relu", "fused-compare"))
-        tfe.set_protocol(prot)
-        _tfe_protocol.nodes.clear()
-        x = _private(prot, prot.tensor_factory, np.zeros((4, 5), np.int64), True)
-        before = {op.name for op in graph.get_operations()}
-        prot.relu_with_cmp(x)
-        new = [op for op in graph.get_operations() if op.name not in before]
-    sent = set()
-    for op in new:
-        for t in op.inputs:
-            if t.op.device != op.device and "pair-key" not in t.name:
-                sent.add((t.name, op.device))
+    sent = {(t, dst) for t, _src, dst in transfers(
+        "securenn", ("dealer-relu", "fused-compare"),
+        lambda prot: [_private(prot, prot.tensor_factory, np.zeros((4, 5), np.int64), True)],
+        lambda prot, x: prot.relu_with_cmp(x)) if "pair-key" not in t}
     assert len(sent) == 6, sorted(sent)
-    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
     assert dealer_relu.NAME in protocols.resolve_changes("securenn")
 
 
@@ -273,31 +251,21 @@ def test_packed_openings_products_equal_stock(data, kind, packed):
 
 
 def test_packed_openings_send_one_tensor_each_way():
-    from collections import OrderedDict
+    def operands(prot):
+        return [_private(prot, prot.tensor_factory, np.ones(shape, np.int64), False)
+                for shape in ((2, 3), (3, 4))]
 
-    hostmap = OrderedDict((name, f"localhost:{4200 + i}") for i, name in enumerate(PLAYERS))
     counts = {}
     for changes in ((), ("packed-openings",)):
-        graph = tf.Graph()
-        with graph.as_default():
-            tfe.set_config(tfe.RemoteConfig(hostmap))
-            prot = protocols.make("securenn", changes=changes)
-            tfe.set_protocol(prot)
-            _tfe_protocol.nodes.clear()
-            a = _private(prot, prot.tensor_factory, np.ones((2, 3), np.int64), False)
-            b = _private(prot, prot.tensor_factory, np.ones((3, 4), np.int64), False)
-            before = {op.name for op in graph.get_operations()}
+        servers = None
+
+        def product(prot, a, b):
+            nonlocal servers
+            servers = {prot.server_0.device_name, prot.server_1.device_name}
             prot.matmul(a, b)
-            sent = set()
-            for op in graph.get_operations():
-                if op.name in before:
-                    continue
-                for t in op.inputs:
-                    if {t.op.device, op.device} == {prot.server_0.device_name,
-                                                    prot.server_1.device_name}:
-                        sent.add((t.name, op.device))
-        counts[bool(changes)] = len(sent)
-    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+
+        sent = transfers("securenn", changes, operands, product)
+        counts[bool(changes)] = len({(t, dst) for t, src, dst in sent if {src, dst} == servers})
     assert counts == {False: 4, True: 2}, counts
 
 

@@ -8,29 +8,20 @@ for element. Timings live in ``bench/test_variants.py``.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import tensorflow as tf
-import tf_encrypted as tfe
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tf_encrypted.protocol import protocol as _tfe_protocol
 from tf_encrypted.protocol.aby3 import ABY3PrivateTensor
 from tf_encrypted.protocol.aby3.aby3_tensors import ShareType
 
-from harness.names import PLAYERS
 from harness.tfe import protocols
 from harness.tfe.speed import packed_carry, two_products
-from ring_strategies import I64, SETTINGS, ring_arrays
+from ring_strategies import I64, SETTINGS, fresh_protocol, ring_arrays, transfers
 
 
 def _protocol(changes):
-    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
-    prot = protocols.make("aby3", changes=changes)
-    tfe.set_protocol(prot)
-    _tfe_protocol.nodes.clear()  # tf-encrypted's global memo cache: no reuse across cases
-    return prot
+    return fresh_protocol("aby3", changes)
 
 
 def _shared(prot, value, boolean=False):
@@ -124,21 +115,11 @@ def test_two_products_matmul_equals_stock_and_numpy(data, m, k, n):
 def test_packed_carry_sends_seven_ands_per_sign():
     """On cluster devices, one 64-bit sign: 7 re-sharing ANDs (21 tensors) in the carry
     instead of 13 (39; the graph keeps stock's unused last P), plus the 6 of the rest."""
-    hostmap = OrderedDict((name, f"localhost:{4400 + i}") for i, name in enumerate(PLAYERS))
     counts = {}
     for changes in ((), (packed_carry.NAME,)):
-        graph = tf.Graph()
-        with graph.as_default():
-            tfe.set_config(tfe.RemoteConfig(hostmap))
-            prot = protocols.make("aby3", changes=changes)
-            tfe.set_protocol(prot)
-            _tfe_protocol.nodes.clear()
-            x = prot.define_private_variable(np.zeros((4, 5)))
-            before = {op.name for op in graph.get_operations()}
-            prot.msb(x)
-            new = [op for op in graph.get_operations() if op.name not in before]
-        counts[changes] = len({(t.name, op.device) for op in new for t in op.inputs
-                               if t.op.device != op.device})
-    tfe.set_config(tfe.LocalConfig(list(PLAYERS)))
+        sent = transfers("aby3", changes,
+                         lambda prot: [prot.define_private_variable(np.zeros((4, 5)))],
+                         lambda prot, x: prot.msb(x))
+        counts[changes] = len({(t, dst) for t, _src, dst in sent})
     assert counts == {(): 45, (packed_carry.NAME,): 27}, counts
     assert packed_carry.NAME in protocols.resolve_changes("aby3")
