@@ -1,6 +1,7 @@
 """The speed part of a run's report: stock vs tuned, what each change buys, total memory.
 
-Rows come from ``bench/test_variants.py`` (the ``variants`` table of ``summary.json``):
+Rows come from ``bench/test_variants.py`` and ``bench/test_floor.py`` (the ``variants``
+table of ``summary.json``; ``table == "floor"``: the runtime's floor per prediction):
 ``table == "variants"`` rows hold each variant's median of one interleaved test, per
 model x protocol x deployment x batch; ``table == "changes"`` rows hold stock, tuned,
 stock plus one change and tuned minus one change (SecureNN, batch 1). The peak total
@@ -145,6 +146,43 @@ def _changes_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _floor_table(rows: list[dict[str, Any]]) -> list[str]:
+    """``bench/test_floor.py``: in-process, cluster and the cluster's floor (the same
+    transfers with no protocol work), timed interleaved in one test."""
+    lines = ["| model | protocol | variant | batch | tensors / rounds | in-process ms | "
+             "cluster ms | floor ms | cluster / in-process | floor / in-process |",
+             "|" + "---|" * 10]
+    for r in sorted(rows, key=lambda r: (*_key(r), str(r.get("variant")))):
+        lines.append(
+            f"| {r.get('model')} | {_label(r)} | {r.get('variant')} | {r.get('batch')} | "
+            f"{r.get('party_tensors')} / {r.get('comm_rounds')} | {_f(r.get('inprocess_ms'), '.4g')} "
+            f"| {_f(r.get('cluster_ms'), '.4g')} | {_f(r.get('floor_ms'), '.4g')} | "
+            f"{_f(r.get('cluster_over_inprocess'))} | {_f(r.get('floor_over_inprocess'))} |")
+    return lines
+
+
+def _floor_verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """What the floor says about the cluster / in-process target (SecureNN tuned, batch 1)."""
+    lines = []
+    for r in rows:
+        if (r.get("protocol"), r.get("variant"), r.get("batch")) != ("securenn", "tuned", 1):
+            continue
+        ratio, floor = r.get("cluster_over_inprocess"), r.get("floor_over_inprocess")
+        if ratio is None or floor is None:
+            continue
+        if floor > TARGET_CLUSTER_OVER_INPROCESS:
+            reach = "out of reach on this runtime with these transfers, whatever the compute"
+        elif 1 + floor > TARGET_CLUSTER_OVER_INPROCESS:
+            reach = "reachable only if the compute overlaps the runtime's cost"
+        else:
+            reach = "within reach of the floor"
+        lines.append(f"- {r.get('model')}, SecureNN tuned, batch 1: cluster / in-process "
+                     f"{ratio:.2f} side by side (target <= {TARGET_CLUSTER_OVER_INPROCESS:g}): "
+                     f"{_verdict(ratio <= TARGET_CLUSTER_OVER_INPROCESS)}; the floor alone is "
+                     f"{floor:.2f} x in-process, so the target is {reach}")
+    return lines + [""] if lines else []
+
+
 def _memory(summary: dict[str, Any]) -> list[str]:
     mem = summary.get("total_memory") or {}
     rss, pss = mem.get("peak_total_rss_mb"), mem.get("peak_total_pss_mb")
@@ -175,8 +213,8 @@ def _peak_roles(mem: dict[str, Any]) -> str:
 def section(summary: dict[str, Any]) -> list[str]:
     """The Markdown lines of the speed section; empty when the run has no such rows."""
     variants, changes = _rows(summary, "variants"), _rows(summary, "changes")
-    memory = _memory(summary)
-    if not (variants or changes or memory):
+    floor, memory = _rows(summary, "floor"), _memory(summary)
+    if not (variants or changes or floor or memory):
         return []
     lines = ["## Stock vs tuned tf-encrypted", "",
              "*stock* is tf-encrypted 0.9.1's own protocol code with the port and security "
@@ -200,6 +238,14 @@ def section(summary: dict[str, Any]) -> list[str]:
         lines += ["### What each change buys", "",
                   "Each change alone on top of stock, and tuned without it, timed interleaved "
                   "with stock and tuned in one test.", "", *_changes_table(changes)]
+    if floor:
+        lines += ["### The runtime's floor", "",
+                  "*floor*: the same transfers as one prediction (tensors, sizes, links, "
+                  "rounds: checked equal to the exact count) with no protocol work, on the "
+                  "same cluster, timed interleaved with the prediction in-process and on the "
+                  "cluster. The cluster cannot beat it, and where compute and runtime do not "
+                  "overlap (two shared cores) it takes about in-process + floor.", "",
+                  *_floor_table(floor), "", *_floor_verdicts(floor)]
     if memory:
         lines += ["### Memory", "", *memory]
     return lines

@@ -1,0 +1,134 @@
+"""The runtime-floor skeleton (``harness.inference.skeleton``) copies a computation's
+transfers exactly.
+
+A driver subprocess starts a real cluster and counts (``harness.inference.comm``) three
+computations and the skeleton of each: a tuned SecureNN prediction of the tutorial
+model (46 tensors between parties, one of them a control transfer), stock Pond's
+private matmul (a control transfer from TensorFlow's automatic control dependencies)
+and a plain function that leaves two results on workers (two fetches). The skeleton's
+own partition graphs, counted the same way, must hold the same transfers per link
+(bytes, tensors, control tensors), to and from the driver, and the same rounds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.cluster]
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+KEYS = ("links", "driver_links", "rounds", "data_rounds", "rounds_with_driver",
+        "party_bytes", "party_tensors", "driver_bytes", "driver_tensors")
+
+
+def _driver() -> None:
+    from harness.tfe import activate
+
+    tfe = activate()
+    import numpy as np
+    import tensorflow as tf
+
+    from harness.inference import comm
+    from harness.inference.models import load_model
+    from harness.inference.private import PrivateModel
+    from harness.inference.skeleton import Skeleton
+    from harness.net.cluster import Cluster
+    from harness.tfe import protocols
+    from harness.tfe.tracing import compile_step
+
+    def pick(count):
+        return {k: v for k, v in count.as_dict().items() if k in KEYS}
+
+    report: dict = {}
+    with Cluster() as cluster:
+        config = cluster.connect()
+        players = list(cluster.hostmap)
+        model = PrivateModel(load_model("tutorial", 1), "securenn", cluster=cluster)
+        counts = {"securenn": comm.count_prediction(model, model.zeros())}
+
+        tfe.set_config(config)
+        tfe.set_protocol(protocols.make("pond", "stock"))
+
+        @compile_step
+        def matmul(a, b):
+            xs = tfe.define_private_input("prediction-client", lambda: a)
+            ys = tfe.define_private_input("prediction-client", lambda: b)
+            out = []
+            tfe.define_output("prediction-client", [tfe.matmul(xs, ys)],
+                              lambda v: out.append(tf.identity(v)))
+            return out[0]
+
+        counts["matmul"] = comm.count(matmul, tf.ones([2, 3]), tf.ones([3, 4]), players=players)
+        server0, server1 = (config.get_player(n).device_name for n in ("server0", "server1"))
+
+        @tf.function
+        def two_outputs(v):
+            with tf.device(server0):
+                w = v + 1.0
+            with tf.device(server1):
+                return w, w * 2.0
+
+        counts["plain"] = comm.count(two_outputs, tf.ones([5]), players=players)
+        for name, count in counts.items():
+            skeleton = Skeleton(count, players)
+            outputs = [skeleton() for _ in range(3)][-1]
+            report[name] = {"original": pick(count), "copy": pick(skeleton.counted()),
+                            "outputs": [list(np.shape(o)) for o in outputs]}
+    print(json.dumps(report), flush=True)
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict:
+    cmd = [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--",
+           sys.executable, str(Path(__file__).resolve()), "--driver"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+    assert proc.returncode == 0, f"driver failed:\n{tail}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["securenn", "matmul", "plain"])
+def test_skeleton_sends_what_the_computation_sends(measured, name):
+    case = measured[name]
+    assert case["copy"] == case["original"]
+    assert case["original"]["party_tensors"] + case["original"]["driver_tensors"] > 0
+
+
+def test_the_cases_hold_what_the_copy_must_get_right(measured):
+    controls = sum(v["control_tensors"] for v in measured["matmul"]["original"]["links"].values())
+    assert controls >= 1  # a control transfer is copied as one, not as data
+    assert measured["securenn"]["original"]["party_tensors"] >= 40
+    assert measured["securenn"]["original"]["data_rounds"] < measured["securenn"]["original"]["rounds"]
+    # two results left on workers: the skeleton returns both, with their shapes
+    assert measured["plain"]["outputs"] == [[5], [5]]
+
+
+def test_report_shows_the_floor_and_what_it_means_for_the_target():
+    from harness.results import report_speed
+
+    def row(batch, inprocess, cluster, floor):
+        return {"table": "floor", "model": "tutorial", "protocol": "securenn",
+                "variant": "tuned", "deployment": "cluster", "batch": batch,
+                "inprocess_ms": inprocess, "cluster_ms": cluster, "floor_ms": floor,
+                "cluster_over_inprocess": cluster / inprocess,
+                "floor_over_inprocess": floor / inprocess,
+                "party_tensors": 46, "comm_rounds": 18}
+
+    text = "\n".join(report_speed.section({"variants": [row(1, 6.0, 22.0, 12.0),
+                                                        row(32, 90.0, 140.0, 30.0)]}))
+    assert "| tutorial | SecureNN | tuned | 1 | 46 / 18 | 6 | 22 | 12 | 3.67 | 2 |" in text
+    assert "| tutorial | SecureNN | tuned | 32 | 46 / 18 | 90 | 140 | 30 | 1.56 | 0.333 |" in text
+    assert "cluster / in-process 3.67 side by side (target <= 1.5): **not met**; the floor " \
+           "alone is 2.00 x in-process, so the target is out of reach" in text
+    text = "\n".join(report_speed.section({"variants": [row(1, 10.0, 14.0, 3.0)]}))
+    assert "**met**; the floor alone is 0.30 x in-process, so the target is within reach" in text
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--driver"]:
+    _driver()
