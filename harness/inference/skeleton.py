@@ -69,7 +69,10 @@ class Skeleton:
                     roots[t.sender] = _root()
                 waits = [arrived[j] for j in t.after if transfers[j].receiver == t.sender]
                 base = tf.add_n([roots[t.sender] + i] + waits)
-                payload = tf.fill(t.shape, tf.cast(base, tf.as_dtype(t.dtype)))
+                if t.control:  # a stateful source, which Grappler never merges or moves
+                    payload = _root(base)
+                else:
+                    payload = tf.fill(t.shape, tf.cast(base, tf.as_dtype(t.dtype)))
             if t.receiver == DRIVER and t.tensor.startswith("fetch:"):
                 outputs.append(payload)  # a result left on a worker: the call fetches it
                 continue
