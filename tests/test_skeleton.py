@@ -39,6 +39,7 @@ def _driver() -> None:
     from harness.inference.models import load_model
     from harness.inference.private import PrivateModel
     from harness.inference.skeleton import Skeleton
+    from harness.inference.skeleton import packed as skeleton_packed
     from harness.net.cluster import Cluster
     from harness.tfe import protocols
     from harness.tfe.tracing import compile_step
@@ -83,6 +84,9 @@ def _driver() -> None:
             outputs = [skeleton() for _ in range(3)][-1]
             report[name] = {"original": pick(count), "copy": pick(skeleton.counted()),
                             "outputs": [list(np.shape(o)) for o in outputs]}
+        fewer = skeleton_packed(counts["securenn"])
+        report["packed"] = {"copy": pick(Skeleton(fewer, players).counted()),
+                            "groups": fewer.total(party=True)[1]}
     print(json.dumps(report), flush=True)
 
 
@@ -115,6 +119,34 @@ def test_the_cases_hold_what_the_copy_must_get_right(measured):
     assert measured["plain"]["outputs"] == [[5], [5]]
 
 
+def test_packed_skeleton_keeps_bytes_and_rounds_with_fewer_tensors(measured):
+    original, copy = measured["securenn"]["original"], measured["packed"]["copy"]
+    assert {k: v["bytes"] for k, v in copy["links"].items()} == \
+        {k: v["bytes"] for k, v in original["links"].items()}
+    assert (copy["rounds"], copy["party_bytes"]) == (original["rounds"], original["party_bytes"])
+    assert copy["party_tensors"] == measured["packed"]["groups"] < original["party_tensors"]
+
+
+def test_packing_groups_one_link_and_round():
+    from harness.inference.comm import Communication, Transfer
+    from harness.inference.skeleton import packed
+
+    def t(sender, receiver, level, nbytes, after=(), control=False, tensor="x"):
+        return Transfer(sender, receiver, tensor, "n:0", "int64", (nbytes // 8,), nbytes,
+                        control, level, after)
+
+    comm = Communication([t("a", "b", 1, 16), t("a", "b", 1, 8), t("a", "c", 1, 8),
+                          t("b", "a", 2, 24, after=(0, 1)), t("b", "a", 2, 0, (1,), True),
+                          t("c", "a", 2, 0, (2,), True), t("c", "a", 2, 0, (2,), True),
+                          t("a", "driver", 3, 8, after=(3,), tensor="fetch:0")], 2, 2, 3)
+    out = packed(comm)
+    assert [(x.link, x.nbytes, x.control, x.after) for x in out.transfers] == [
+        ("a->b", 24, False, ()), ("a->c", 8, False, ()), ("b->a", 24, False, (0,)),
+        ("c->a", 0, True, (1,)), ("a->driver", 8, False, (2,))]
+    assert out.transfers[0].shape == (24,) and out.transfers[0].dtype == "int8"
+    assert out.links()["a->b"]["bytes"] == comm.links()["a->b"]["bytes"]
+
+
 def test_report_shows_the_floor_and_what_it_means_for_the_target():
     from harness.results import report_speed
 
@@ -124,12 +156,13 @@ def test_report_shows_the_floor_and_what_it_means_for_the_target():
                 "inprocess_ms": inprocess, "cluster_ms": cluster, "floor_ms": floor,
                 "cluster_over_inprocess": cluster / inprocess,
                 "floor_over_inprocess": floor / inprocess,
-                "party_tensors": 46, "comm_rounds": 18}
+                "party_tensors": 46, "comm_rounds": 18, "packed_tensors": 27,
+                "packed_floor_ms": 10.0}
 
     text = "\n".join(report_speed.section({"variants": [row(1, 6.0, 22.0, 12.0),
                                                         row(32, 90.0, 140.0, 30.0)]}))
-    assert "| tutorial | SecureNN | tuned | 1 | 46 / 18 | 6 | 22 | 12 | 3.67 | 2 |" in text
-    assert "| tutorial | SecureNN | tuned | 32 | 46 / 18 | 90 | 140 | 30 | 1.56 | 0.333 |" in text
+    assert "| tutorial | SecureNN | tuned | 1 | 46 / 18 | 6 | 22 | 12 | 3.67 | 2 | 27, 10 |" in text
+    assert "| tutorial | SecureNN | tuned | 32 | 46 / 18 | 90 | 140 | 30 | 1.56 | 0.333 | 27, 10 |" in text
     assert "cluster / in-process 3.67 side by side (target <= 1.5): **not met**; the floor " \
            "alone is 2.00 x in-process, so the target is out of reach" in text
     text = "\n".join(report_speed.section({"variants": [row(1, 10.0, 14.0, 3.0)]}))

@@ -15,10 +15,14 @@ benchmarks time it interleaved with the prediction it copies (``bench/test_floor
 ``Skeleton.counted()`` checks the copy: its own partition graphs, counted the same way,
 hold the same transfers per link, bytes and rounds.
 
-Nothing private is involved: payloads are constants derived from a clock read.
+``packed(comm)`` gives the same communication with each link's transfers of one round
+as one tensor: its skeleton's time is what that packing could at best leave.
+
+Nothing private is involved: payloads are zeros drawn from a random op.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -31,6 +35,31 @@ def device_of(player: str, players: Sequence[str]) -> str:
     if player == DRIVER:
         return f"/job:{DRIVER_JOB}/replica:0/task:0/device:CPU:0"
     return f"/job:{PLAYER_JOB}/replica:0/task:{list(players).index(player)}/device:CPU:0"
+
+
+def packed(comm: Communication) -> Communication:
+    """The same communication with each link's transfers of one round (``level``) as one
+    int8 tensor of their bytes, waiting for what any of them waited for: what sending
+    everything a player sends another in the same round as one tensor would leave.
+    Results the driver fetches stay as they are; a group of control transfers only stays
+    one control transfer."""
+    groups: dict[Any, list[int]] = {}
+    for i, t in enumerate(comm.transfers):
+        key = i if t.tensor.startswith("fetch:") else (t.sender, t.receiver, t.level)
+        groups.setdefault(key, []).append(i)
+    where = {i: n for n, members in enumerate(groups.values()) for i in members}
+    out = []
+    for n, members in enumerate(groups.values()):
+        first = comm.transfers[members[0]]
+        after = tuple(sorted({where[j] for i in members for j in comm.transfers[i].after}))
+        if len(members) == 1:
+            out.append(replace(first, after=after))
+            continue
+        nbytes = sum(comm.transfers[i].nbytes for i in members)
+        control = all(comm.transfers[i].control for i in members)
+        out.append(replace(first, tensor=f"packed:{n}", dtype="int8", shape=(nbytes,),
+                           nbytes=nbytes, control=control, after=after))
+    return Communication(out, comm.rounds, comm.data_rounds, comm.rounds_with_driver)
 
 
 def _summary(arrived: tf.Tensor) -> tf.Tensor:

@@ -150,14 +150,16 @@ def _floor_table(rows: list[dict[str, Any]]) -> list[str]:
     """``bench/test_floor.py``: in-process, cluster and the cluster's floor (the same
     transfers with no protocol work), timed interleaved in one test."""
     lines = ["| model | protocol | variant | batch | tensors / rounds | in-process ms | "
-             "cluster ms | floor ms | cluster / in-process | floor / in-process |",
-             "|" + "---|" * 10]
+             "cluster ms | floor ms | cluster / in-process | floor / in-process | "
+             "packed: tensors, floor ms |",
+             "|" + "---|" * 11]
     for r in sorted(rows, key=lambda r: (*_key(r), str(r.get("variant")))):
         lines.append(
             f"| {r.get('model')} | {_label(r)} | {r.get('variant')} | {r.get('batch')} | "
             f"{r.get('party_tensors')} / {r.get('comm_rounds')} | {_f(r.get('inprocess_ms'), '.4g')} "
             f"| {_f(r.get('cluster_ms'), '.4g')} | {_f(r.get('floor_ms'), '.4g')} | "
-            f"{_f(r.get('cluster_over_inprocess'))} | {_f(r.get('floor_over_inprocess'))} |")
+            f"{_f(r.get('cluster_over_inprocess'))} | {_f(r.get('floor_over_inprocess'))} | "
+            f"{r.get('packed_tensors', '-')}, {_f(r.get('packed_floor_ms'), '.4g')} |")
     return lines
 
 
@@ -244,7 +246,9 @@ def section(summary: dict[str, Any]) -> list[str]:
                   "rounds: checked equal to the exact count) with no protocol work, on the "
                   "same cluster, timed interleaved with the prediction in-process and on the "
                   "cluster. The cluster cannot beat it, and where compute and runtime do not "
-                  "overlap (two shared cores) it takes about in-process + floor.", "",
+                  "overlap (two shared cores) it takes about in-process + floor. *packed*: "
+                  "the skeleton with each link's transfers of one round sent as one tensor "
+                  "(same bytes and rounds), what such packing could at best leave.", "",
                   *_floor_table(floor), "", *_floor_verdicts(floor)]
     if memory:
         lines += ["### Memory", "", *memory]
