@@ -49,18 +49,15 @@ server1 -> client); with the driver 5 (its input first, its fetch last).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+import driver_process
+from driver_process import run_driver
 
 pytestmark = [pytest.mark.cluster]
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 N = 5  # values shared and revealed
 B, K, M = 2, 3, 4  # matmul shapes: (B, K) x (K, M)
 RING, KEY, FLOAT, DOUBLE = 8, 32, 4, 8
@@ -239,12 +236,7 @@ def _driver() -> None:
             with tf.device(server1):
                 return w * 2.0
 
-        @tf.function
-        def two_outputs(v):
-            with tf.device(server0):
-                w = v + 1.0
-            with tf.device(server1):
-                return w, w * 2.0
+        two_outputs = driver_process.two_outputs(server0, server1)
 
         plain = comm.count(two_outputs, values, players=players)
         report["plain"] = summary(plain)
@@ -263,12 +255,7 @@ def _driver() -> None:
 @pytest.fixture(scope="module")
 def measured() -> dict:
     """What the driver measured (one cluster for all cases)."""
-    cmd = [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--",
-           sys.executable, str(Path(__file__).resolve()), "--driver"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
-    tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
-    assert proc.returncode == 0, f"driver failed:\n{tail}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_driver(__file__)
 
 
 # (not "protocol"/"variant": the harness's pytest plugin parametrizes those names)

@@ -13,17 +13,14 @@ own partition graphs, counted the same way, must hold the same transfers per lin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import driver_process
+from driver_process import run_driver
 
 pytestmark = [pytest.mark.cluster]
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 KEYS = ("links", "driver_links", "rounds", "data_rounds", "rounds_with_driver",
         "party_bytes", "party_tensors", "driver_bytes", "driver_tensors")
 
@@ -71,12 +68,7 @@ def _driver() -> None:
         counts["matmul"] = comm.count(matmul, tf.ones([2, 3]), tf.ones([3, 4]), players=players)
         server0, server1 = (config.get_player(n).device_name for n in ("server0", "server1"))
 
-        @tf.function
-        def two_outputs(v):
-            with tf.device(server0):
-                w = v + 1.0
-            with tf.device(server1):
-                return w, w * 2.0
+        two_outputs = driver_process.two_outputs(server0, server1)
 
         counts["plain"] = comm.count(two_outputs, tf.ones([5]), players=players)
         for name, count in counts.items():
@@ -92,12 +84,7 @@ def _driver() -> None:
 
 @pytest.fixture(scope="module")
 def measured() -> dict:
-    cmd = [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--",
-           sys.executable, str(Path(__file__).resolve()), "--driver"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
-    tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
-    assert proc.returncode == 0, f"driver failed:\n{tail}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_driver(__file__)
 
 
 @pytest.mark.parametrize("name", ["securenn", "pond", "matmul", "plain"])
