@@ -48,13 +48,14 @@ def test_runtime_floor(benchmark, models, recorder, model, protocol, variant, de
     remote = models.private(model, protocol, deployment, batch, variant)
     x = fill_batch(test_split[0], batch)
     comm = count_prediction(remote, x)
-    skeleton = Skeleton(comm, list(remote.cluster.hostmap))
+    players = list(remote.cluster.hostmap)
+    skeleton = Skeleton(comm, players)
     copied = skeleton.counted().as_dict()  # also its build + trace call
     wanted = comm.as_dict()
     for key in ("links", "driver_links", "rounds", "data_rounds", "rounds_with_driver"):
         assert copied[key] == wanted[key], f"the skeleton's {key} differ from the prediction's"
     packing = packed(comm)
-    at_best = Skeleton(packing, list(remote.cluster.hostmap))
+    at_best = Skeleton(packing, players)
     fewer = at_best.counted().as_dict()
     assert {k: v["bytes"] for k, v in fewer["links"].items()} == \
         {k: v["bytes"] for k, v in wanted["links"].items()}

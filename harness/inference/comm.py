@@ -53,6 +53,7 @@ METHOD = ("counted from TensorFlow's partitioned graphs: every _Send/_Recv pair 
           "two tasks of one fresh instantiation of the compiled function, sized from static "
           "shapes (tensor payload, no RPC framing), plus fetching results left on a worker")
 
+FETCH = "fetch:"  # the tensor name prefix of a result the driver fetches
 _SENDS = frozenset({"_Send", "_HostSend"})
 _RECVS = frozenset({"_Recv", "_HostRecv"})
 _CONTROL_FLOW = frozenset({
@@ -82,6 +83,11 @@ class Transfer:
     @property
     def link(self) -> str:
         return f"{self.sender}->{self.receiver}"
+
+    @property
+    def fetched(self) -> bool:
+        """A result the function leaves on a worker, which the driver fetches after the call."""
+        return self.receiver == DRIVER and self.tensor.startswith(FETCH)
 
     @property
     def party(self) -> bool:
@@ -349,7 +355,7 @@ def count_graphs(graphs: Any, players: Sequence[str], outputs: Sequence[Any] = (
         where = [k for k in nodes if k[1] == retvals.get(i)]
         if len(where) != 1:
             raise CommError(f"output {i}: {len(where)} _Retval nodes for it, expected 1")
-        transfers.append(Transfer(player_of(device, players), DRIVER, f"fetch:{i}",
+        transfers.append(Transfer(player_of(device, players), DRIVER, f"{FETCH}{i}",
                                   f"output:{i}", dtype.name, shape,
                                   _nbytes(dtype, shape, f"output {i}"),
                                   level=chains[where[0]][2] + 1,

@@ -45,7 +45,7 @@ def packed(comm: Communication) -> Communication:
     one control transfer."""
     groups: dict[Any, list[int]] = {}
     for i, t in enumerate(comm.transfers):
-        key = i if t.tensor.startswith("fetch:") else (t.sender, t.receiver, t.level)
+        key = i if t.fetched else (t.sender, t.receiver, t.level)
         groups.setdefault(key, []).append(i)
     where = {i: n for n, members in enumerate(groups.values()) for i in members}
     out = []
@@ -102,7 +102,7 @@ class Skeleton:
                     payload = _root(base)
                 else:
                     payload = tf.fill(t.shape, tf.cast(base, tf.as_dtype(t.dtype)))
-            if t.receiver == DRIVER and t.tensor.startswith("fetch:"):
+            if t.fetched:
                 outputs.append(payload)  # a result left on a worker: the call fetches it
                 continue
             with tf.device(device_of(t.receiver, self.players)):
