@@ -4,11 +4,16 @@ For each protocol and shaped network of ``--network`` (e.g. ``--network lan,wan`
 tests are left out without it) a driver subprocess starts
 ``Cluster(network=profile)`` (players in namespaces, links shaped with tc) and predicts
 one batch per request, per model and batch of the run (group ``network-<profile>``).
-The same protocol on a loopback cluster, timed interleaved with the shaped one (each
-round calls both, so both see the same machine speed), gives the compute time, and ``harness.inference.comm`` the exact bytes per link
-and rounds of one prediction (the driver's transfers included: it feeds the input
-and takes the result), from which ``harness.results.projection`` projects the latency
-on the profile.
+
+The compute time is the same prediction on the same cluster with its links'
+limits lifted (``ShapedNetwork.lift``, untimed, before each such call; ``restore``
+before each shaped call), so the reference and the shaped run share processes,
+namespaces, veths and connections and differ only in the shaping. A loopback cluster
+of the same protocol is timed with them as a cross-check (each round calls all three,
+so all see the same machine speed), and ``harness.inference.comm`` counts on it the
+exact bytes per link and rounds of one prediction (the driver's transfers included:
+it feeds the input and takes the result), from which ``harness.results.projection``
+projects the latency on the profile.
 
 Drivers run in subprocesses so that this process's TensorFlow context (and the
 clusters of the other benchmarks) stay untouched. A figure says whether its delay
@@ -23,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -71,10 +77,13 @@ with Cluster(network=network) as cluster:
         info["schedule"] = counted["schedule"]
         info["party_rounds"] = counted["rounds"]
     print(json.dumps(info), flush=True)
+    steps = {"predict": lambda: model.predict(x)}
+    if cluster.shaped is not None:
+        steps.update(lift=cluster.shaped.lift, restore=cluster.shaped.restore)
     for line in sys.stdin:
-        if line.strip() != "predict":
+        if line.strip() not in steps:
             break
-        model.predict(x)
+        steps[line.strip()]()
         print("ok", flush=True)
 """
 
@@ -101,10 +110,15 @@ class RemoteDriver:
             raise RuntimeError(f"driver exited with {self.proc.returncode}:\n" + "\n".join(tail))
         return line
 
-    def predict(self) -> None:
-        self.proc.stdin.write("predict\n")
+    def step(self, what: str) -> None:
+        """``predict`` (one private prediction), or on a shaped network ``lift`` /
+        ``restore`` (its links' qdiscs off / on: ``ShapedNetwork.lift``)."""
+        self.proc.stdin.write(f"{what}\n")
         self.proc.stdin.flush()
         assert self._line().strip() == "ok"
+
+    def predict(self) -> None:
+        self.step("predict")
 
     def close(self) -> None:
         try:
@@ -151,12 +165,15 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
     reference = loopback(protocol, model, batch)
     driver = RemoteDriver(protocol, network.name, model, batch)
     try:
-        times = interleaved({"loopback": reference.predict, "shaped": driver.predict},
-                            benchmark, rounds)
+        times = interleaved(
+            {"loopback": reference.predict, "unshaped": driver.predict,
+             "shaped": driver.predict}, benchmark, rounds,
+            before={"unshaped": partial(driver.step, "lift"),
+                    "shaped": partial(driver.step, "restore")})
         medians = {name: statistics.median(t) for name, t in times.items()}
     finally:
         driver.close()
-    base = {**reference.info, "median_s": medians["loopback"]}
+    base = {**reference.info, "median_s": medians["unshaped"]}
     emulated_s = medians["shaped"]
     described = driver.info["network"]
     comm = {"links": base["links"], "rounds": base["rounds"],
@@ -168,7 +185,9 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
         "rate_bytes_per_s": network.rate, "rtt_s": network.rtt,
         "delay": described["delay"], "qdisc": described["qdisc"],
         "emulated_ms": emulated_s * 1e3,
-        "loopback_ms": base["median_s"] * 1e3,
+        "compute_ms": base["median_s"] * 1e3,
+        "compute_reference": "the same cluster, its links unshaped",
+        "loopback_ms": medians["loopback"] * 1e3,
         "projected_ms": projection.total_s * 1e3,
         "projected_without_rtt_ms": (projection.compute_s + projection.transfer_s) * 1e3,
         "projected_sequential_without_rtt_ms": (
@@ -184,7 +203,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
     benchmark.extra_info.update(row)
     recorder.network.append(row)
     print(f"\n{model} {protocol} b{batch} {network.name}: emulated {row['emulated_ms']:.1f} ms "
-          f"(delay {row['delay']}), loopback {row['loopback_ms']:.1f} ms, projected "
+          f"(delay {row['delay']}), unshaped {row['compute_ms']:.1f} ms, loopback "
+          f"{row['loopback_ms']:.1f} ms, projected "
           f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "
           f"{projection.latency_s * 1e3:.1f} ms, busiest link {projection.busiest_link} "
           f"{projection.busiest_link_bytes} B = {projection.transfer_s * 1e3:.1f} ms)")

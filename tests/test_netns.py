@@ -172,6 +172,16 @@ def test_players_get_namespaces_addresses_and_shaped_links():
         info = net.describe()
         assert info["network"] == "100mbit/40ms" and info["rate_bytes_per_s"] == 12.5e6
         assert info["delay"] in ("emulated", "projected") and info["qdisc"].startswith("tbf")
+        ends = [(net.hosts.veth(p, e), net.namespace(p) if e == "inner" else None)
+                for p in PLAYERS for e in ("inner", "outer")]
+        before = {dev: qdiscs(dev, where) for dev, where in ends}
+        net.lift()  # the compute reference of bench/test_network.py: same qdiscs, no limit
+        lifted = [qdiscs(dev, where) for dev, where in ends]
+        assert net.lifted and all("tbf" in q and "rate 100Gbit" in q for q in lifted)
+        net.lift()  # idempotent
+        net.restore()
+        assert not net.lifted
+        assert {dev: qdiscs(dev, where) for dev, where in ends} == before
     assert _nothing_left(tag), _ours(tag)
 
 

@@ -425,16 +425,20 @@ def test_network_rows_give_emulated_projected_table_and_rtt_plot(tmp_path: Path)
     summary["network"] = [{
         "protocol": "securenn", "batch": 1, "network": "wan", "rate_bytes_per_s": 40e6,
         "rtt_s": 0.058, "delay": "projected", "qdisc": "tbf", "emulated_ms": 100.0,
-        "loopback_ms": 80.0, "projected_without_rtt_ms": 90.0, "projected_ms": 1714.0,
+        "compute_ms": 82.0, "loopback_ms": 80.0, "projected_without_rtt_ms": 90.0,
+        "projected_ms": 1714.0,
         "projected_sequential_without_rtt_ms": 120.0, "projected_scheduled_without_rtt_ms": 105.0,
         "projection": {"rounds": 28, "transfer_s": 0.01}}]
     run = _run(tmp_path / "net", summary)
     md = report.write_report(run, baseline_path=None).read_text()
     assert "## Shaped networks" in md
-    assert ("| tutorial | SecureNN | wan | 1 | 40 | 58 | projected | 80 | 100 | 90 | -10 | 120 "
-            "| 105 | +5 | 1714 | 28 |") in md
+    assert ("| tutorial | SecureNN | wan | 1 | 40 | 58 | projected | 82 | 80 | 100 | 90 | -10 "
+            "| 120 | 105 | +5 | 1714 | 28 |") in md
     assert ("Projection (busiest link) within 15 % of the emulated run (w/o RTT) in 1 of 1 rows; "
             "largest error -10 %") in md
     assert "Scheduled projection within 15 % of the emulated run (w/o RTT) in 1 of 1 rows" in md
     assert "1.714 s (projected)" in md  # WAN column beside the papers
     _assert_png(run / "latency_vs_rtt.png")
+    del summary["network"][0]["compute_ms"]  # a run from before the same-cluster reference
+    old = report.write_report(_run(tmp_path / "old", summary), baseline_path=None).read_text()
+    assert "| projected | 80 | 80 | 100 |" in old

@@ -59,17 +59,23 @@ def bucket(rate: float) -> tuple[int, int]:
     return burst, burst + int(rate * QUEUE_SECONDS)
 
 
+LIFTED_RATE = 100e9 / 8  # bytes/s: a tbf rate no link here comes near (lift())
+
+
 def shape_commands(dev: str, profile: NetworkProfile, namespace: str | None,
-                   delay: float | None) -> list[list[str]]:
+                   delay: float | None, verb: str = "add",
+                   rate: float | None = None) -> list[list[str]]:
     """The tc commands that shape ``dev``'s egress (in ``namespace``, None: ours):
-    a root ``tbf`` at the profile's rate, and under it a ``netem`` of ``delay``
-    seconds one way if ``delay`` is given."""
+    a root ``tbf`` at the profile's rate (or ``rate``, bytes/s), and under it a
+    ``netem`` of ``delay`` seconds one way if ``delay`` is given (0: none, but the
+    qdisc is kept). ``verb``: ``add``, or ``change`` for qdiscs that exist."""
     tc = ["tc"] + (["-n", namespace] if namespace else [])
-    burst, limit = bucket(profile.rate)
-    cmds = [tc + ["qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf",
-                  "rate", f"{profile.rate_bits}bit", "burst", str(burst), "limit", str(limit)]]
-    if delay:
-        cmds.append(tc + ["qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:",
+    rate = profile.rate if rate is None else rate
+    burst, limit = bucket(rate)
+    cmds = [tc + ["qdisc", verb, "dev", dev, "root", "handle", "1:", "tbf",
+                  "rate", f"{round(rate * 8)}bit", "burst", str(burst), "limit", str(limit)]]
+    if delay is not None:
+        cmds.append(tc + ["qdisc", verb, "dev", dev, "parent", "1:1", "handle", "10:",
                           "netem", "delay", f"{delay * 1e6:.0f}us", "limit", "100000"])
     return cmds
 
@@ -92,7 +98,9 @@ class ShapedNetwork:
         self.profile = profile
         self.hosts = netns.Hosts(players)
         self._delay: str | None = None
+        self._delay_s: float | None = None
         self._note = ""
+        self._lifted = True  # no qdisc of ours yet
 
     @staticmethod
     def available() -> tuple[bool, str]:
@@ -128,15 +136,51 @@ class ShapedNetwork:
                 logger.warning("%s: %s; %s", self.profile.name, self._note, why)
         else:
             self._delay, self._note = "emulated", "no delay asked for"
-        for player in self.hosts.players:
-            for end, namespace in (("inner", self.hosts.namespace(player)), ("outer", None)):
-                for cmd in shape_commands(self.hosts.veth(player, end), self.profile,
-                                          namespace, delay):
-                    netns.run(cmd)
+        self._delay_s = delay
+        for dev, namespace in self._ends():
+            for cmd in shape_commands(dev, self.profile, namespace, delay):
+                netns.run(cmd)
+        self._lifted = False
+
+    def _ends(self) -> list[tuple[str, str | None]]:
+        """(veth, namespace or None: ours) of both ends of every player's link."""
+        return [(self.hosts.veth(player, end), namespace) for player in self.hosts.players
+                for end, namespace in (("inner", self.hosts.namespace(player)),
+                                       ("outer", None))]
+
+    def lift(self) -> None:
+        """Lift the limits: every link's tbf to ``LIFTED_RATE`` (and its netem, if any,
+        to no delay). The same processes, connections, veths and qdiscs then run without
+        limit, e.g. for a compute reference timed on the very cluster that is shaped.
+        The qdiscs stay (``change``, not ``del``): with them deleted, a SecureNN batch of
+        32 timed 167 ms on a cluster whose LAN-rate (625 MB/s) shaped calls took 146 ms
+        (one run, 2026-12-06): the queueing itself changes the timing, so the reference
+        keeps it. ``restore()`` undoes it."""
+        self._set(lifted=True)
+
+    def restore(self) -> None:
+        """Shape every link to the profile again, after ``lift()``."""
+        self._set(lifted=False)
+
+    def _set(self, lifted: bool) -> None:
+        if self._lifted == lifted or self.profile.rate is None or not self.hosts.running:
+            return
+        delay = None if self._delay_s is None else (0.0 if lifted else self._delay_s)
+        for dev, namespace in self._ends():
+            for cmd in shape_commands(dev, self.profile, namespace, delay, "change",
+                                      LIFTED_RATE if lifted else None):
+                netns.run(cmd)
+        self._lifted = lifted
+
+    @property
+    def lifted(self) -> bool:
+        """True while ``lift()`` has the links unshaped."""
+        return self._lifted
 
     def stop(self) -> None:
         """Remove everything (idempotent)."""
         self.hosts.remove()
+        self._lifted = True
 
     def __enter__(self) -> "ShapedNetwork":
         return self.start()

@@ -70,10 +70,13 @@ def peak_rss_mb() -> float:
 
 
 def interleaved(calls: Mapping[str, Callable[[], Any]], benchmark: Any,
-                rounds: int) -> dict[str, list[float]]:
+                rounds: int, before: Mapping[str, Callable[[], Any]] | None = None,
+                ) -> dict[str, list[float]]:
     """Seconds per call of each of ``calls``, timed *interleaved*: every round (one
     pytest-benchmark ``pedantic`` round) calls each once, in a rotating order, so all
-    see the same machine speed. One warm-up round, not returned."""
+    see the same machine speed. ``before[name]``, if given, runs just before each call
+    of ``name``, untimed (e.g. to put a shared resource in the state that call needs).
+    One warm-up round, not returned."""
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
     turn = [0]
@@ -82,6 +85,8 @@ def interleaved(calls: Mapping[str, Callable[[], Any]], benchmark: Any,
         k = turn[0] % len(names)
         turn[0] += 1
         for name in names[k:] + names[:k]:
+            if before and name in before:
+                before[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)

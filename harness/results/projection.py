@@ -4,9 +4,10 @@ The model::
 
     projected = compute + rounds x RTT + bytes(busiest link) x overhead / rate
 
-- ``compute``: the measured latency of the same prediction with every player on
-  loopback (the median of a loopback run), which already contains the CPU time of
-  all parties and the loopback transfers;
+- ``compute``: the measured latency of the same prediction with the links not
+  limited (the median of a run on the same cluster with its qdiscs lifted, or on
+  loopback), which already contains the CPU time of all parties and the unshaped
+  transfers;
 - ``rounds x RTT``: each communication round waits one round trip. A round is a
   set of transfers that can only start once the previous round's results arrived
   (the count comes from the traffic analysis, ``harness.inference.comm``).
@@ -41,8 +42,8 @@ Assumptions, each making the projection simpler than reality:
    the transfer term is a lower bound on the time the links are busy;
 3. a single TCP flow fills a link at its rate whatever the RTT (no slow start, no
    window limit, no loss): optimistic for large RTT x rate (e.g. WAN);
-4. the measured compute does not depend on the network; the loopback transfers it
-   contains are counted again in the transfer term (small: loopback moves GB/s);
+4. the measured compute does not depend on the network; the unshaped transfers it
+   contains are counted again in the transfer term (small: veths move GB/s);
 5. rounds and bytes per prediction are those measured on loopback with the same
    protocol, model and batch size: the protocol's traffic does not depend on the
    network.
@@ -205,7 +206,7 @@ def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s
             overhead: float = FULL_FRAME_OVERHEAD, burst: float = 0.0) -> Projection:
     """Projected latency of one prediction (see the module docstring).
 
-    ``compute_s``: measured loopback latency (median, seconds); ``comm``: the traffic
+    ``compute_s``: measured latency with unlimited links (median, seconds); ``comm``: the traffic
     of one prediction, ``{"links": {"a->b": {"bytes": int, "tensors": int}},
     "rounds": int}``; ``rate``: link rate in bytes/s (None: unlimited); ``rtt_s``:
     round-trip time in seconds; ``burst``: each link's token bucket in bytes (the

@@ -1,7 +1,8 @@
 """The shaped-network part of a run's report: emulated next to projected latency, and
 latency against round-trip time (rows of ``bench/test_network.py``; no TensorFlow).
 
-The projection (``harness.results.projection``): compute measured on loopback + rounds x
+The projection (``harness.results.projection``): compute (the same prediction on the same
+cluster with its links unshaped; older runs: on loopback) + rounds x
 RTT + the busiest link's bytes / rate. Where the kernel shapes bandwidth but cannot delay
 (no ``sch_netem``), the emulated run has the rate limit only: it is compared with the
 projection without the RTT term (the model's error), and the RTT term is projected.
@@ -23,6 +24,11 @@ def _error(r: dict[str, Any], key: str = "projected_without_rtt_ms") -> float | 
     return 100.0 * (model - measured) / measured
 
 
+def _compute_ms(r: dict[str, Any]) -> float | None:
+    """The row's compute reference: ``compute_ms``, or ``loopback_ms`` in older runs."""
+    return r.get("compute_ms", r.get("loopback_ms"))
+
+
 def section(summary: dict[str, Any]) -> list[str]:
     rows = _rows(summary, "network")
     if not rows:
@@ -34,7 +40,8 @@ def section(summary: dict[str, Any]) -> list[str]:
                       r.get("network"), r.get("batch"),
                       _num(rate / 1e6 if rate else None, ".4g"),
                       _num((r.get("rtt_s") or 0) * 1e3, ".3g"), r.get("delay", "-"),
-                      _num(r.get("loopback_ms"), ".4g"), _num(r.get("emulated_ms"), ".4g"),
+                      _num(_compute_ms(r), ".4g"), _num(r.get("loopback_ms"), ".4g"),
+                      _num(r.get("emulated_ms"), ".4g"),
                       _num(r.get("projected_without_rtt_ms"), ".4g"), _num(_error(r), "+.3g"),
                       _num(r.get("projected_sequential_without_rtt_ms"), ".4g"),
                       _num(r.get("projected_scheduled_without_rtt_ms"), ".4g"),
@@ -43,11 +50,13 @@ def section(summary: dict[str, Any]) -> list[str]:
                       _num((r.get("projection") or {}).get("rounds"), "d")))
     return ["## Shaped networks", "",
             "Cluster players in their own network namespaces, each link shaped with `tc`. "
-            "*emulated*: measured on the shaped links; *projected*: loopback compute + rounds "
+            "*emulated*: measured on the shaped links; *projected*: compute + rounds "
             "x RTT + busiest link's bytes / rate. Where delay is *projected* (the kernel has no "
             "`sch_netem`), the emulated run has the rate limit only and is compared with the "
             "projection without its RTT term (model error); the full projection adds the "
-            "rounds x RTT. The loopback reference is timed interleaved with the shaped run. "
+            "rounds x RTT. *compute*: the same prediction on the same cluster with its links' "
+            "limits lifted between calls (runs before 2026-12-06: a loopback cluster); "
+            "*loopback*: a loopback cluster, a cross-check; all three timed interleaved. "
             "*rounds sequential*: the same projection if no two rounds overlapped (each "
             "round as long as its busiest link needs): the upper reading of the transfer "
             "term, where the projection's busiest link is the lower. *scheduled*: each "
@@ -56,7 +65,7 @@ def section(summary: dict[str, Any]) -> list[str]:
             "compute spread evenly between the levels of transfers and each link's token "
             "bucket (the emulation's tbf burst) letting small transfers through at once.", "",
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
-                     "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
+                     "compute ms", "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "rounds sequential w/o RTT ms", "scheduled w/o RTT ms",
                      "scheduled error %", "projected ms", "rounds"), table),
             "", *_within(rows, "Projection (busiest link)"),
@@ -78,18 +87,18 @@ def _within(rows: list[dict[str, Any]], what: str, key: str = "projected_without
 
 
 def _lines(summary: dict[str, Any]) -> dict[str, tuple[float, float, int]]:
-    """(model and) protocol -> (loopback compute ms, transfer ms at the slowest profile,
+    """(model and) protocol -> (compute ms, transfer ms at the slowest profile,
     rounds), batch 1 only."""
     rows = [r for r in _rows(summary, "network") if r.get("batch", 1) == 1]
     several = len({r.get("model", "tutorial") for r in rows}) > 1
     out: dict[str, tuple[float, float, int]] = {}
     for r in rows:
         proj = r.get("projection") or {}
-        if r.get("loopback_ms") is None or proj.get("rounds") is None:
+        if _compute_ms(r) is None or proj.get("rounds") is None:
             continue
         label = _proto(str(r.get("protocol")))
         out[f"{r.get('model', 'tutorial')} {label}" if several else label] = (
-            float(r["loopback_ms"]),
+            float(_compute_ms(r)),
                                        1e3 * float(proj.get("transfer_s") or 0.0),
                                        int(proj["rounds"]))
     return out
