@@ -112,7 +112,7 @@ class RemoteDriver:
 
     def step(self, what: str) -> None:
         """``predict`` (one private prediction), or on a shaped network ``lift`` /
-        ``restore`` (its links' qdiscs off / on: ``ShapedNetwork.lift``)."""
+        ``restore`` (its links' limits lifted / back: ``ShapedNetwork.lift``)."""
         self.proc.stdin.write(f"{what}\n")
         self.proc.stdin.flush()
         assert self._line().strip() == "ok"
@@ -186,7 +186,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
         "delay": described["delay"], "qdisc": described["qdisc"],
         "emulated_ms": emulated_s * 1e3,
         "compute_ms": base["median_s"] * 1e3,
-        "compute_reference": "the same cluster, its links unshaped",
+        "compute_reference": "the same cluster, its links' limits lifted",
         "loopback_ms": medians["loopback"] * 1e3,
         "projected_ms": projection.total_s * 1e3,
         "projected_without_rtt_ms": (projection.compute_s + projection.transfer_s) * 1e3,

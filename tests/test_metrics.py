@@ -30,3 +30,22 @@ def test_agreement_counts_argmax_and_errors():
     row = metrics.compare(private, plain, np.array([1, 0, 0])).as_dict()
     assert row["argmax_agreement"] == 2 / 3 and math.isclose(row["max_abs_err"], 2.5)
     assert row["plaintext_accuracy"] == 2 / 3 and row["private_accuracy"] == 1 / 3
+
+
+def test_interleaved_rotates_and_runs_before_untimed() -> None:
+    """Each round calls every function once, in a rotating order; ``before[name]`` runs
+    just before each call of ``name`` and is not part of its time."""
+    import time  # noqa: PLC0415
+
+    class Bench:  # pytest-benchmark's pedantic, as interleaved uses it
+        def pedantic(self, fn, rounds, warmup_rounds, iterations):
+            for _ in range(warmup_rounds + rounds):
+                fn()
+
+    order: list[str] = []
+    times = metrics.interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, Bench(), 3,
+        before={"b": lambda: (order.append("lift"), time.sleep(0.05))})
+    assert order == ["a", "lift", "b", "lift", "b", "a", "a", "lift", "b", "lift", "b", "a"]
+    assert len(times["a"]) == len(times["b"]) == 3  # the warm-up round is dropped
+    assert max(times["b"]) < 0.05  # the sleep in before is not timed

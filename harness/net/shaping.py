@@ -154,8 +154,8 @@ class ShapedNetwork:
         limit, e.g. for a compute reference timed on the very cluster that is shaped.
         The qdiscs stay (``change``, not ``del``): with them deleted, a SecureNN batch of
         32 timed 167 ms on a cluster whose LAN-rate (625 MB/s) shaped calls took 146 ms
-        (one run, 2026-12-06): the queueing itself changes the timing, so the reference
-        keeps it. ``restore()`` undoes it."""
+        (one run, 2026-12-06), so the reference keeps the qdiscs the shaped run goes
+        through. ``restore()`` undoes it."""
         self._set(lifted=True)
 
     def restore(self) -> None:
@@ -174,7 +174,7 @@ class ShapedNetwork:
 
     @property
     def lifted(self) -> bool:
-        """True while ``lift()`` has the links unshaped."""
+        """True while ``lift()`` has the links' limits lifted."""
         return self._lifted
 
     def stop(self) -> None:
