@@ -342,9 +342,10 @@ def test_batch_window_and_plan() -> None:
     w.seen([2, 3], 5.1)
     assert w.take(1, 5.2) == 0 and w.take(2, 5.21) == 2  # half of the four
     w.seen([0, 1], 5.3)
-    w.seen([0], 5.4)            # 1-3 left: waited for once more, then no longer
-    assert w.take(1, 5.5) == 1
+    w.seen([0], 5.4)            # 2 and 3 left; two clients share each batch
+    assert w.quorum(5.45) == 2 and w.take(1, 5.5) == 0 and w.take(1, 5.56) == 1
     w.seen([0], 5.6)
+    w.seen([0], 5.65)           # 1 left too: a lone client does not wait
     assert w.take(1, 5.7) == 1
     plan = plan_batch([5, 6, 7, 8, 0], [1, 0, 1, 9, 0], n_slots=3, size=4)
     assert plan.rows == ((6, 0), (5, 1), (7, 1))  # by slot, commit order within a slot

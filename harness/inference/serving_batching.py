@@ -1,7 +1,8 @@
 """Dynamic batching: when the owner starts a batch, and how committed requests become rows.
 
 ``BatchWindow`` decides when to run: at once when ``max_batch`` requests wait (or as
-many as are still wanted, or one from half of the clients of the last two batches),
+many as are still wanted, or one from half of the clients of the last two batches,
+at least two),
 else when the oldest waiting request the owner has seen has waited ``window`` seconds.
 A request committed while a batch runs therefore starts at most one batch plus one
 window after it was committed, and is answered one batch later.
@@ -30,9 +31,10 @@ class BatchWindow:
     """The owner's gathering rule (``max_batch`` B, ``window`` in seconds).
 
     A batch starts as soon as B requests wait, or half of the clients of the last two
-    batches (within ``recent`` seconds; rounded up) have a request waiting, or the
-    oldest waiting request has waited ``window``. So a lone client is never held back by
-    the window, and clients that keep sending settle into two groups that take turns:
+    batches (within ``recent`` seconds; rounded up, and at least two of them where
+    there are two) have a request waiting, or the oldest waiting request has waited
+    ``window``. So a lone client is never held back by the window, two clients share
+    each batch, and more clients that keep sending settle into two groups that take turns:
     the servers compute one group's batch while the other group's clients unmask their
     results and share their next inputs. Waiting for every client instead (one batch
     of all) left the servers idle while all the clients did that work: on a 2-core
@@ -64,6 +66,13 @@ class BatchWindow:
                 found |= slots
         return len(found)
 
+    def quorum(self, now: float) -> int:
+        """Waiting requests that start a batch before the window ends: half of the
+        recently active clients (rounded up), but two where two or more are active, so
+        that a batch is shared whenever it can be (at least 1)."""
+        active = self.active(now)
+        return max(1, min(active, 2), -(-active // 2))
+
     def take(self, waiting: int, now: float, wanted: int | None = None) -> int:
         """How many of ``waiting`` committed requests to batch now (0: keep gathering).
         ``wanted``: how many more requests the owner will answer at all."""
@@ -73,7 +82,7 @@ class BatchWindow:
             return 0
         if self._first_seen is None:
             self._first_seen = now
-        if waiting >= min(limit, max(1, -(-self.active(now) // 2))) or \
+        if waiting >= min(limit, self.quorum(now)) or \
                 now - self._first_seen >= self.window:
             self._first_seen = None
             return min(waiting, limit)
