@@ -7,13 +7,14 @@ one batch per request, per model and batch of the run (group ``network-<profile>
 
 The compute time is the same prediction on the same cluster with its links'
 limits lifted (``ShapedNetwork.lift``, untimed, before each such call; ``restore``
-before each shaped call), so the reference and the shaped run share processes,
-namespaces, veths and connections and differ only in the shaping. A loopback cluster
-of the same protocol is timed with them as a cross-check (each round calls all three,
-so all see the same machine speed), and ``harness.inference.comm`` counts on it the
-exact bytes per link and rounds of one prediction (the driver's transfers included:
-it feeds the input and takes the result), from which ``harness.results.projection``
-projects the latency on the profile.
+before each shaped call), timed interleaved with the shaped calls (each round calls
+both, so both see the same machine speed): the reference and the shaped run share
+processes, namespaces, veths and connections and differ only in the shaping, and no
+second cluster is needed (an earlier loopback reference kept up to two more clusters
+alive: a full run with ``--network lan,wan`` peaked at 10.9 GB). ``harness.inference.comm``
+counts the exact bytes per link and rounds of one prediction on that cluster (the
+driver's transfers included: it feeds the input and takes the result), from which
+``harness.results.projection`` projects the latency on the profile.
 
 Drivers run in subprocesses so that this process's TensorFlow context (and the
 clusters of the other benchmarks) stay untouched. A figure says whether its delay
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.net.netprofile import LOOPBACK
 from harness.net.shaping import ShapedNetwork
 from harness.results.metrics import interleaved
 from harness.results.projection import project
@@ -41,7 +41,6 @@ from harness.results.projection import project
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-CALLS = 3  # predictions whose traffic is averaged on loopback
 
 _DRIVER = """
 import json, sys
@@ -54,8 +53,8 @@ from harness.net.cluster import Cluster
 from harness.net.netprofile import parse_network
 from harness.inference.models import load_model
 
-protocol, network, calls = sys.argv[1], parse_network(sys.argv[2]), int(sys.argv[3])
-name, batch = sys.argv[4], int(sys.argv[5])
+protocol, network = sys.argv[1], parse_network(sys.argv[2])
+name, batch = sys.argv[3], int(sys.argv[4])
 keras = load_model(name, batch)
 x = load_mnist().x_test[:batch].reshape(batch, *keras.input_shape[1:])
 with Cluster(network=network) as cluster:
@@ -63,19 +62,13 @@ with Cluster(network=network) as cluster:
     model.predict(x)
     info = {"first_call_s": model.timing.first_call_s,
             "network": cluster.shaped.describe() if cluster.shaped else None}
-    if cluster.shaped is None:  # loopback: every socket is visible from here
-        before = cluster.traffic()
-        for _ in range(calls):
-            model.predict(x)
-        after = cluster.traffic()
-        info["socket_bytes"] = sum(n - before.get(k, 0) for k, n in after.items()) // calls
-        from harness.inference.comm import count_prediction
-        counted = count_prediction(model, x).as_dict()
-        info["links"] = {**counted["links"], **counted["driver_links"]}
-        info["rounds"] = counted["rounds_with_driver"]
-        info["round_links"] = counted["round_links"]
-        info["schedule"] = counted["schedule"]
-        info["party_rounds"] = counted["rounds"]
+    from harness.inference.comm import count_prediction
+    counted = count_prediction(model, x).as_dict()
+    info["links"] = {**counted["links"], **counted["driver_links"]}
+    info["rounds"] = counted["rounds_with_driver"]
+    info["round_links"] = counted["round_links"]
+    info["schedule"] = counted["schedule"]
+    info["party_rounds"] = counted["rounds"]
     print(json.dumps(info), flush=True)
     steps = {"predict": lambda: model.predict(x)}
     if cluster.shaped is not None:
@@ -96,7 +89,7 @@ class RemoteDriver:
         env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--", sys.executable,
-             "-c", _DRIVER, protocol, network, str(CALLS), model, str(batch)],
+             "-c", _DRIVER, protocol, network, model, str(batch)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
         self.info = json.loads(self._line())
 
@@ -131,49 +124,27 @@ class RemoteDriver:
         self._log.close()
 
 
-@pytest.fixture(scope="module")
-def loopback():
-    """Per protocol, model and batch: a running loopback driver (its cluster is the
-    compute reference) with the exact traffic of one prediction in ``info``. Drivers
-    of one protocol are kept until the next protocol's first test."""
-    running: dict[tuple, RemoteDriver] = {}
-
-    def get(protocol: str, model: str, batch: int) -> RemoteDriver:
-        key = (protocol, model, batch)
-        for old in [k for k in running if k[0] != protocol]:
-            running.pop(old).close()
-        if key not in running:
-            running[key] = RemoteDriver(protocol, LOOPBACK.name, model, batch)
-        return running[key]
-
-    yield get
-    for driver in running.values():
-        driver.close()
-
-
-def test_network_latency(benchmark, protocol, model, network, batch, loopback, options,
-                         recorder):
+def test_network_latency(benchmark, protocol, model, network, batch, options, recorder):
     ok, reason = ShapedNetwork.available()
     if not ok:
         pytest.skip(f"shaped networks: {reason}")
     if not network.shaped:
-        pytest.skip("loopback is the reference every shaped network is compared with")
+        pytest.skip("loopback is not shaped: each shaped run times its own unshaped "
+                    "reference")
     if protocol == "pond":
         pytest.skip("pond: the papers' network settings are for SecureNN and ABY3")
     rounds = 5 if options.quick or batch > 1 else 15
     benchmark.group = f"network-{network.name}"
-    reference = loopback(protocol, model, batch)
     driver = RemoteDriver(protocol, network.name, model, batch)
     try:
         times = interleaved(
-            {"loopback": reference.predict, "unshaped": driver.predict,
-             "shaped": driver.predict}, benchmark, rounds,
+            {"unshaped": driver.predict, "shaped": driver.predict}, benchmark, rounds,
             before={"unshaped": partial(driver.step, "lift"),
                     "shaped": partial(driver.step, "restore")})
         medians = {name: statistics.median(t) for name, t in times.items()}
     finally:
         driver.close()
-    base = {**reference.info, "median_s": medians["unshaped"]}
+    base = {**driver.info, "median_s": medians["unshaped"]}
     emulated_s = medians["shaped"]
     described = driver.info["network"]
     comm = {"links": base["links"], "rounds": base["rounds"],
@@ -187,7 +158,6 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
         "emulated_ms": emulated_s * 1e3,
         "compute_ms": base["median_s"] * 1e3,
         "compute_reference": "the same cluster, its links' limits lifted",
-        "loopback_ms": medians["loopback"] * 1e3,
         "projected_ms": projection.total_s * 1e3,
         "projected_without_rtt_ms": (projection.compute_s + projection.transfer_s) * 1e3,
         "projected_sequential_without_rtt_ms": (
@@ -196,15 +166,13 @@ def test_network_latency(benchmark, protocol, model, network, batch, loopback, o
             projection.compute_s + projection.transfer_scheduled_s) * 1e3,
         "projection": projection.as_dict(),
         "party_rounds": base["party_rounds"],
-        "loopback_socket_bytes": base["socket_bytes"],
     }
     if described["delay"] == "projected":
         row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
     benchmark.extra_info.update(row)
     recorder.network.append(row)
     print(f"\n{model} {protocol} b{batch} {network.name}: emulated {row['emulated_ms']:.1f} ms "
-          f"(delay {row['delay']}), unshaped {row['compute_ms']:.1f} ms, loopback "
-          f"{row['loopback_ms']:.1f} ms, projected "
+          f"(delay {row['delay']}), unshaped {row['compute_ms']:.1f} ms, projected "
           f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "
           f"{projection.latency_s * 1e3:.1f} ms, busiest link {projection.busiest_link} "
           f"{projection.busiest_link_bytes} B = {projection.transfer_s * 1e3:.1f} ms)")

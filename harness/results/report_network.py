@@ -40,8 +40,7 @@ def section(summary: dict[str, Any]) -> list[str]:
                       r.get("network"), r.get("batch"),
                       _num(rate / 1e6 if rate else None, ".4g"),
                       _num((r.get("rtt_s") or 0) * 1e3, ".3g"), r.get("delay", "-"),
-                      _num(_compute_ms(r), ".4g"), _num(r.get("loopback_ms"), ".4g"),
-                      _num(r.get("emulated_ms"), ".4g"),
+                      _num(_compute_ms(r), ".4g"), _num(r.get("emulated_ms"), ".4g"),
                       _num(r.get("projected_without_rtt_ms"), ".4g"), _num(_error(r), "+.3g"),
                       _num(r.get("projected_sequential_without_rtt_ms"), ".4g"),
                       _num(r.get("projected_scheduled_without_rtt_ms"), ".4g"),
@@ -55,8 +54,8 @@ def section(summary: dict[str, Any]) -> list[str]:
             "`sch_netem`), the emulated run has the rate limit only and is compared with the "
             "projection without its RTT term (model error); the full projection adds the "
             "rounds x RTT. *compute*: the same prediction on the same cluster with its links' "
-            "limits lifted between calls (runs before 2026-12-06: a loopback cluster); "
-            "*loopback*: a loopback cluster, a cross-check; all three timed interleaved. "
+            "limits lifted, timed interleaved with the shaped calls (runs before "
+            "2026-12-06: a loopback cluster). "
             "*rounds sequential*: the same projection if no two rounds overlapped (each "
             "round as long as its busiest link needs): the upper reading of the transfer "
             "term, where the projection's busiest link is the lower. *scheduled*: each "
@@ -65,7 +64,7 @@ def section(summary: dict[str, Any]) -> list[str]:
             "compute spread evenly between the levels of transfers and each link's token "
             "bucket (the emulation's tbf burst) letting small transfers through at once.", "",
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
-                     "compute ms", "loopback ms", "emulated ms", "projected w/o RTT ms", "model error %",
+                     "compute ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "rounds sequential w/o RTT ms", "scheduled w/o RTT ms",
                      "scheduled error %", "projected ms", "rounds"), table),
             "", *_within(rows, "Projection (busiest link)"),
