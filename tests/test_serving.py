@@ -347,6 +347,12 @@ def test_batch_window_and_plan() -> None:
     w.seen([0], 5.6)
     w.seen([0], 5.65)           # 1 left too: a lone client does not wait
     assert w.take(1, 5.7) == 1
+    q = BatchWindow(max_batch=8, window=0.3)
+    q.seen(range(8), 0.0)
+    q.ran(0.04)  # a batch took 40 ms: the owner waits 20 ms after the last new request
+    assert q.take(2, 0.05) == 0 and q.take(3, 0.06) == 0 and q.take(3, 0.079) == 0
+    assert q.take(3, 0.081) == 3  # no fourth request for 20 ms: run the three
+    assert q.take(1, 0.09) == 0 and q.take(1, 0.11) == 1
     plan = plan_batch([5, 6, 7, 8, 0], [1, 0, 1, 9, 0], n_slots=3, size=4)
     assert plan.rows == ((6, 0), (5, 1), (7, 1))  # by slot, commit order within a slot
     assert plan.rids.tolist() == [6, 5, 7, 0] and plan.counts.tolist() == [1, 2, 0]

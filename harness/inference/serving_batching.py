@@ -2,8 +2,9 @@
 
 ``BatchWindow`` decides when to run: at once when ``max_batch`` requests wait (or as
 many as are still wanted, or one from half of the clients of the last two batches,
-at least two),
-else when the oldest waiting request the owner has seen has waited ``window`` seconds.
+at least two), when no further request has come for half as long as the last batch
+took, else when the oldest waiting request the owner has seen has waited ``window``
+seconds.
 A request committed while a batch runs therefore starts at most one batch plus one
 window after it was committed, and is answered one batch later.
 
@@ -32,20 +33,26 @@ class BatchWindow:
 
     A batch starts as soon as B requests wait, or half of the clients of the last two
     batches (within ``recent`` seconds; rounded up, and at least two of them where
-    there are two) have a request waiting, or the oldest waiting request has waited
-    ``window``. So a lone client is never held back by the window, two clients share
+    there are two) have a request waiting, or no new request came for half the time the
+    last batch took (``ran``; the others are still unmasking, or gone), or the oldest
+    waiting request has waited ``window``. So a lone client is never held back by the window, two clients share
     each batch, and more clients that keep sending settle into two groups that take turns:
     the servers compute one group's batch while the other group's clients unmask their
     results and share their next inputs. Waiting for every client instead (one batch
     of all) left the servers idle while all the clients did that work: on a 2-core
     machine, SecureNN at 8 clients idled 23-27 ms per batch (see README, serving
-    load). A client that leaves costs the others at most two windows.
+    load). A client that leaves costs the others half a batch's time per batch while it
+    still counts as active: without the quiet rule, a whole window (at the end of a
+    load round, where the last clients are fewer than half, the owner waited 300 ms
+    for a batch of 3).
     """
 
     max_batch: int = 1
     window: float = 0.0
     recent: float = 1.0
     _first_seen: float | None = field(default=None, init=False)
+    _grown: tuple[int, float] = field(default=(0, 0.0), init=False)  # (waiting, since when)
+    _quiet: float | None = field(default=None, init=False)  # s: half the last batch's time
     _history: list[tuple[float, frozenset[int]]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +64,10 @@ class BatchWindow:
     def seen(self, slots: Sequence[int], now: float) -> None:
         """Record the slots of the requests just taken into a batch."""
         self._history = (self._history + [(now, frozenset(int(s) for s in slots))])[-2:]
+
+    def ran(self, seconds: float) -> None:
+        """Record how long the batch just run took (sets the quiet rule's wait)."""
+        self._quiet = seconds / 2
 
     def active(self, now: float) -> int:
         """Clients (slots) of the last two batches, if these were recent."""
@@ -78,13 +89,16 @@ class BatchWindow:
         ``wanted``: how many more requests the owner will answer at all."""
         limit = self.max_batch if wanted is None else min(self.max_batch, wanted)
         if waiting <= 0 or limit <= 0:
-            self._first_seen = None
+            self._first_seen, self._grown = None, (0, now)
             return 0
         if self._first_seen is None:
             self._first_seen = now
-        if waiting >= min(limit, self.quorum(now)) or \
+        if waiting > self._grown[0]:
+            self._grown = (waiting, now)
+        quiet = self._quiet is not None and now - self._grown[1] >= self._quiet
+        if waiting >= min(limit, self.quorum(now)) or quiet or \
                 now - self._first_seen >= self.window:
-            self._first_seen = None
+            self._first_seen, self._grown = None, (0, now)
             return min(waiting, limit)
         return 0
 

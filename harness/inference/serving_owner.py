@@ -212,6 +212,7 @@ class SharedModel:
         found = np.all(found.numpy(), axis=0)[:plan.n]
         orphans, dropped = int(np.max(orphans.numpy())), int(np.max(dropped.numpy()))
         ms = (time.perf_counter() - start) * 1e3
+        self.window.ran(ms / 1e3)
         answered = int(found.sum())
         self.stats.batches += 1
         self.stats.answered += answered
