@@ -236,6 +236,33 @@ def test_signalled_creator_removes_everything(sig):
     assert _nothing_left(tag), _ours(tag)
 
 
+def _reaper_of(pid: int) -> list[int]:
+    import psutil  # noqa: PLC0415
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [])[1:4] == ["-m", "harness.net.reaper", str(pid)]]
+
+
+@pytest.mark.netns
+@needs_netns
+def test_reaper_removes_everything_of_a_killed_creator():
+    proc, tag = _start_creator()
+    sleepers = netns.processes_in(f"{tag}-{PLAYERS[0]}")
+    reapers = _reaper_of(proc.pid)
+    assert sleepers and len(reapers) == 1
+    proc.kill()  # SIGKILL: the creator itself can clean nothing up
+    proc.wait()
+    proc.stdout.close()
+    def alive() -> list[int]:
+        return [p for p in sleepers + reapers if netns.creator_alive(p)]
+
+    deadline = time.monotonic() + 30
+    while (alive() or not _nothing_left(tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _nothing_left(tag), _ours(tag)  # no other start needed
+    assert not alive()  # the sleeper in a namespace, and the reaper itself
+
+
 @pytest.mark.netns
 @needs_netns
 def test_next_start_sweeps_what_a_killed_creator_left():
@@ -243,6 +270,8 @@ def test_next_start_sweeps_what_a_killed_creator_left():
     sleeper_ns = f"{tag}-{PLAYERS[0]}"
     sleepers = netns.processes_in(sleeper_ns)
     assert sleepers
+    for pid in _reaper_of(proc.pid):  # its reaper killed too (kill -9 of the session)
+        os.kill(pid, signal.SIGKILL)
     proc.kill()
     proc.wait()
     proc.stdout.close()

@@ -20,7 +20,9 @@ stay within Linux's 15 characters: ``tfn<PID>-<K>b`` (bridge), ``tfn<PID>-<K>o<I
 
 Cleanup runs on ``stop()``: context-manager exit (normal, exception, Ctrl-C),
 ``atexit``, and SIGTERM (if this process had no SIGTERM handler, one is installed
-that removes every live network and then dies of SIGTERM as before).
+that removes every live network and then dies of SIGTERM as before). If the creator
+is killed outright (SIGKILL), its reaper (``harness.net.reaper``) removes them as
+soon as it is gone, and failing that the next start's ``sweep()``.
 
 Needs ``ip`` (iproute2) and CAP_NET_ADMIN + CAP_SYS_ADMIN: root, or uid 0 of an
 unprivileged user namespace with a writable ``/run/netns`` (e.g. inside
@@ -39,6 +41,8 @@ import threading
 import time
 import weakref
 from typing import Callable, Iterable, Sequence
+
+from harness.net import reaper
 
 PREFIX = "tfn"
 IFNAMSIZ = 15  # usable characters of a Linux interface name
@@ -246,6 +250,7 @@ class Hosts:
         if not ok:
             raise NetnsError(reason)
         sweep()
+        reaper.watch()  # removes what this process leaves if it is killed (SIGKILL too)
         self.tag = new_tag()
         self.subnet = _subnet(self.tag)
         _LIVE.add(self)
