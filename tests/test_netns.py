@@ -253,6 +253,7 @@ def test_reaper_removes_everything_of_a_killed_creator():
     proc.kill()  # SIGKILL: the creator itself can clean nothing up
     proc.wait()
     proc.stdout.close()
+
     def alive() -> list[int]:
         return [p for p in sleepers + reapers if netns.creator_alive(p)]
 

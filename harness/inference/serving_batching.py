@@ -35,10 +35,10 @@ class BatchWindow:
     batches (within ``recent`` seconds; rounded up, and at least two of them where
     there are two) have a request waiting, or no new request came for half the time the
     last batch took (``ran``; the others are still unmasking, or gone), or the oldest
-    waiting request has waited ``window``. So a lone client is never held back by the window, two clients share
-    each batch, and more clients that keep sending settle into two groups that take turns:
-    the servers compute one group's batch while the other group's clients unmask their
-    results and share their next inputs. Waiting for every client instead (one batch
+    waiting request has waited ``window``. So a lone client is never held back by the
+    window, two clients share each batch, and more clients that keep sending settle into
+    two groups that take turns: the servers compute one group's batch while the other
+    group's clients unmask their results and share their next inputs. Waiting for every client instead (one batch
     of all) left the servers idle while all the clients did that work: on a 2-core
     machine, SecureNN at 8 clients idled 23-27 ms per batch (see README, serving
     load). A client that leaves costs the others half a batch's time per batch while it
