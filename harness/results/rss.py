@@ -13,8 +13,8 @@ sum counts every shared page (TensorFlow's libraries, mapped by every worker) on
 process, so it overstates the total; it is kept beside it. Where smaps_rollup cannot be
 read, the PSS figure is absent and the summary says so. At the PSS peak the sampler also
 keeps what the total was made of, by role (``role_of``: the driver, cluster workers, a
-serving owner, serving clients), so a report can say which phase needs the memory.
-No TensorFlow here.
+serving owner, serving clients, the shaped networks' reapers), so a report can say
+which phase needs the memory. No TensorFlow here.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def pss_bytes(pid: int) -> int | None:
 
 def role_of(proc: psutil.Process, root: psutil.Process) -> str:
     """What a process of the tree is (the driver, a cluster worker, a serving owner or
-    client), read from its command line, for the breakdown at the peak."""
+    client, a namespace reaper), read from its command line, for the breakdown at the peak."""
     if proc.pid == root.pid:
         return "driver"
     try:
@@ -50,6 +50,8 @@ def role_of(proc: psutil.Process, root: psutil.Process) -> str:
         return "other"
     if "harness.net.worker" in args:
         return "cluster workers"
+    if "harness.net.reaper" in args:
+        return "namespace reapers"
     if "harness" in args:  # python -m harness [options] COMMAND ...
         if "client" in args:
             return "serving clients"
