@@ -20,9 +20,8 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
-from harness.net.procs import child_env
+from harness.net.procs import child_env, still_running
 
 _lock = threading.Lock()
 _watching: dict[int, int] = {}  # watched PID -> write end of its reaper's pipe
@@ -53,9 +52,7 @@ def _reap(pid: int, read_end: int, patience: float = 30.0) -> None:
 
     while os.read(read_end, 4096):  # nothing is ever written: returns at end-of-file
         pass
-    deadline = time.monotonic() + patience
-    while netns.creator_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)  # its descriptors close before it has quite exited
+    still_running([pid], within=patience)  # its descriptors close before it has quite exited
     netns.sweep(log=lambda line: print(f"harness reaper of {pid}: {line}", file=sys.stderr))
 
 
