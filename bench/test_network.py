@@ -36,7 +36,7 @@ import pytest
 
 from harness.net.shaping import ShapedNetwork
 from harness.results.metrics import interleaved
-from harness.results.projection import project
+from harness.results.projection import WIRE_CHECKED_BYTES, WIRE_RATIO, project, wire_ratios
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
 
@@ -72,13 +72,15 @@ with Cluster(network=network) as cluster:
     print(json.dumps(info), flush=True)
     steps = {"predict": lambda: model.predict(x)}
     if cluster.shaped is not None:
-        steps.update(lift=cluster.shaped.lift, restore=cluster.shaped.restore)
+        steps.update(lift=cluster.shaped.lift, restore=cluster.shaped.restore,
+                     wire=lambda: print(json.dumps(cluster.shaped.link_bytes()), flush=True))
     for line in sys.stdin:
         if line.strip() not in steps:
             break
         steps[line.strip()]()
         print("ok", flush=True)
 """
+
 
 
 class RemoteDriver:
@@ -113,6 +115,14 @@ class RemoteDriver:
     def predict(self) -> None:
         self.step("predict")
 
+    def wire(self) -> dict[str, int]:
+        """Bytes each shaped link's tbf has let through so far (``link_bytes``)."""
+        self.proc.stdin.write("wire\n")
+        self.proc.stdin.flush()
+        counters = json.loads(self._line())
+        assert self._line().strip() == "ok"
+        return counters
+
     def close(self) -> None:
         try:
             self.proc.stdin.close()
@@ -142,6 +152,10 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
             before={"unshaped": partial(driver.step, "lift"),
                     "shaped": partial(driver.step, "restore")})
         medians = {name: statistics.median(t) for name, t in times.items()}
+        driver.step("restore")
+        before = driver.wire()
+        driver.predict()  # one more shaped call, its frames counted on every link
+        after = driver.wire()
     finally:
         driver.close()
     base = {**driver.info, "median_s": medians["unshaped"]}
@@ -151,6 +165,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
             "round_links": base["round_links"], "schedule": base["schedule"]}
     projection = project(base["median_s"], comm, network.rate, network.rtt,
                          unshaped=["driver"], burst=described.get("burst_bytes") or 0)
+    wire = wire_ratios(comm, {k: after[k] - before[k] for k in after}, unshaped=["driver"])
     row = {
         "model": model, "protocol": protocol, "batch": batch, "network": network.name,
         "rate_bytes_per_s": network.rate, "rtt_s": network.rtt,
@@ -166,6 +181,9 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
             projection.compute_s + projection.transfer_scheduled_s) * 1e3,
         "projection": projection.as_dict(),
         "party_rounds": base["party_rounds"],
+        "wire": wire,
+        "wire_method": ("frame bytes each link's tbf let through during one shaped call "
+                        "(tc counters), against the counted payload"),
     }
     if described["delay"] == "projected":
         row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
@@ -176,3 +194,10 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
           f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "
           f"{projection.latency_s * 1e3:.1f} ms, busiest link {projection.busiest_link} "
           f"{projection.busiest_link_bytes} B = {projection.transfer_s * 1e3:.1f} ms)")
+    ratios = {k: round(v["ratio"], 3) for k, v in wire.items()
+              if v["counted"] >= WIRE_CHECKED_BYTES}
+    print(f"wire / counted per link (tc counters, one shaped call): {ratios}")
+    off = {k: v for k, v in wire.items() if v["counted"] >= WIRE_CHECKED_BYTES
+           and not WIRE_RATIO[0] <= v["ratio"] <= WIRE_RATIO[1]}
+    assert not off, (f"the links carried what the count does not explain (wire / counted "
+                     f"outside {WIRE_RATIO}): {off}")

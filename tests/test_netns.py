@@ -21,7 +21,8 @@ import pytest
 from harness.net import netns
 from harness.net.netprofile import LAN, LOOPBACK, WAN, parse_network, parse_networks
 from harness.net.shaping import ShapedNetwork, bucket, netem_support, qdiscs
-from harness.results.projection import link_loads, project, transfer_scheduled_s
+from harness.results.projection import (
+    WIRE_RATIO, link_loads, project, transfer_scheduled_s, wire_ratios)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -318,6 +319,7 @@ def test_tbf_limits_the_link(sender):
     size = 4_000_000
     expected = size * 1514 / 1448 / 12.5e6
     with ShapedNetwork(parse_network("100mbit/40ms"), PLAYERS) as net:
+        before = net.link_bytes()
         dest = net.address("server1")
         recv = subprocess.Popen(net.exec_prefix("server1") + [
             sys.executable, "-c", _TPUT, "recv", dest, str(size)],
@@ -330,12 +332,25 @@ def test_tbf_limits_the_link(sender):
                                   capture_output=True, text=True, timeout=60)
             assert send.returncode == 0, send.stderr[-1000:]
             seconds = float(send.stdout)
+            wire = {k: n - before[k] for k, n in net.link_bytes().items()}
         finally:
             recv.kill()
             recv.wait()
             recv.stdout.close()
-    print(f"4 MB at 100mbit from {sender}: {seconds:.3f} s (expected ~{expected:.3f} s)")
+    print(f"4 MB at 100mbit from {sender}: {seconds:.3f} s (expected ~{expected:.3f} s); "
+          f"tbf counters: {wire}")
     assert 0.8 * expected < seconds < 3 * expected
+    # the receiver's downlink (and a player sender's uplink) counted the frames of the
+    # 4 MB: payload x 1514/1448 and a few handshake packets; the ACKs go back up
+    # server1's link (and down a player sender's), the other links carry next to nothing
+    moved = ["server1 down"] + ([] if sender == "driver" else [f"{sender} up"])
+    acks = ["server1 up"] + ([] if sender == "driver" else [f"{sender} down"])
+    for link in moved:
+        assert size * 1514 / 1448 <= wire[link] < size * 1.1, (link, wire)
+    for link in acks:
+        assert 0 < wire[link] < size * 0.05, (link, wire)
+    assert all(n < 20_000 for k, n in wire.items() if k not in moved + acks), wire
+    assert set(wire) == {f"{p} {d}" for p in PLAYERS for d in ("up", "down")}
 
 
 @pytest.mark.netns
@@ -431,6 +446,24 @@ def test_projection_replays_the_transfers_on_their_links():
     assert transfer_scheduled_s(comm["schedule"], None) == 0.0
     with pytest.raises(ValueError, match="cycle"):
         transfer_scheduled_s([["a->b", 1, [1]], ["b->a", 1, [0]]], 1e6)
+
+
+def test_wire_ratios_put_counted_payload_beside_the_tbf_counters():
+    """server0 sends 300k to server1 and the driver 100k to server0: in a star, server0's
+    uplink, server1's downlink and server0's downlink carry them; a link we counted
+    nothing for keeps its wire bytes and no ratio, and a link without a reading no ratio."""
+    comm = {"links": {"server0->server1": {"bytes": 300_000},
+                      "driver->server0": {"bytes": 100_000}}, "rounds": 1}
+    wire = {"server0 up": 314_000, "server1 down": 320_000, "server0 down": 104_600,
+            "server1 up": 9_000}
+    got = wire_ratios(comm, wire, unshaped=["driver"])
+    assert got["server0 up"] == {"counted": 300_000, "wire": 314_000,
+                                 "ratio": pytest.approx(314 / 300)}
+    assert got["server0 down"]["ratio"] == pytest.approx(1.046)
+    assert got["server1 up"] == {"counted": 0, "wire": 9_000, "ratio": None}
+    assert set(got) == {"server0 up", "server0 down", "server1 up", "server1 down"}
+    assert wire_ratios(comm, {}, unshaped=["driver"])["server1 down"]["ratio"] is None
+    assert WIRE_RATIO[0] <= 1514 / 1448 <= WIRE_RATIO[1]
 
 
 @pytest.mark.parametrize("comm, message", [

@@ -21,6 +21,7 @@ Rates are counted as tc counts them: Ethernet frames (IP and TCP headers include
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from typing import Any, Sequence
 
@@ -205,6 +206,29 @@ class ShapedNetwork:
     @property
     def players(self) -> tuple[str, ...]:
         return self.hosts.players
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes each link's ``tbf`` has let through since the network started:
+        ``"<player> up"`` (the egress of the player's own veth end: all it sends) and
+        ``"<player> down"`` (the egress of the outer end: all it receives), counted as the
+        rate limiter counts them (frames: Ethernet, IP and TCP headers, ACKs and every
+        other packet included). Differences of two readings give the bytes on the wire
+        in between; ``lift()``/``restore()`` keep the counters. Empty while unshaped."""
+        if self.profile.rate is None or not self.hosts.running:
+            return {}
+        out = {}
+        for player in self.hosts.players:
+            for end, direction, namespace in (("inner", "up", self.hosts.namespace(player)),
+                                              ("outer", "down", None)):
+                tc = ["tc"] + (["-n", namespace] if namespace else [])
+                shown = json.loads(netns.run(tc + ["-s", "-j", "qdisc", "show", "dev",
+                                                   self.hosts.veth(player, end)]) or "[]")
+                tbf = [q for q in shown if q.get("kind") == "tbf"]
+                if len(tbf) != 1:
+                    raise netns.NetnsError(f"{player} {direction}: expected one tbf of ours, "
+                                           f"found {len(tbf)}")
+                out[f"{player} {direction}"] = int(tbf[0]["bytes"])
+        return out
 
     def describe(self) -> dict[str, Any]:
         """What the players' links are: rate, RTT, whether delay is emulated or projected."""

@@ -76,6 +76,14 @@ from typing import Any, Iterable, Mapping
 
 FULL_FRAME_OVERHEAD = 1514 / 1448  # Ethernet frame / TCP payload of a full 1500-MTU segment
 TOPOLOGIES = ("star", "mesh")
+# ``wire_ratios``: links that carry at least this much counted payload per call are held
+# to WIRE_RATIO (on smaller ones, RPC headers and control messages, which the count
+# leaves out, weigh more)
+WIRE_CHECKED_BYTES = 256 * 1024
+# wire bytes / counted payload of such a link: at least the payload itself; at most
+# full-frame headers (1514/1448), an ACK per segment of up to twice as much reverse
+# traffic (2 x 66/1448) and RPC framing. Outside it, the count is wrong.
+WIRE_RATIO = (1.0, 1.25)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,28 @@ def link_loads(comm: Mapping[str, Any], topology: str = "star",
         for name in _link_names(sender, receiver, topology, skip):
             loads[name] = loads.get(name, 0) + nbytes
     return loads
+
+
+def wire_ratios(comm: Mapping[str, Any], wire: Mapping[str, int],
+                unshaped: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Counted payload next to what each star link's rate limiter let through, per call.
+
+    ``comm``: the counted traffic of one call (as ``link_loads``); ``wire``: frame bytes
+    per link name (``"<party> up"``/``"<party> down"``) over one call, e.g. the
+    difference of two ``ShapedNetwork.link_bytes()`` readings around it. Per link:
+    ``counted`` payload, ``wire`` bytes and ``ratio`` = wire / counted (None where
+    nothing was counted). The ratio is the overhead that turns payload into frames:
+    1514/1448 for full-size TCP segments, plus the ACKs of what the party moves the
+    other way, RPC headers and small control messages. A ratio below 1 means the links
+    carried less than we counted; far above the overhead, that traffic went uncounted.
+    """
+    counted = link_loads(comm, "star", unshaped)
+    out = {}
+    for name in sorted(set(counted) | set(wire)):
+        c, w = counted.get(name, 0), wire.get(name)
+        out[name] = {"counted": c, "wire": w,
+                     "ratio": None if not c or w is None else w / c}
+    return out
 
 
 def _link_names(sender: str, receiver: str, topology: str, skip: set[str]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from harness.results.projection import WIRE_CHECKED_BYTES
 from harness.results.report_tables import _num, _proto, _rows, _table
 
 RTT_RANGE_MS = (0.0, 100.0)
@@ -46,7 +47,7 @@ def section(summary: dict[str, Any]) -> list[str]:
                       _num(r.get("projected_scheduled_without_rtt_ms"), ".4g"),
                       _num(_error(r, SCHEDULED), "+.3g"),
                       _num(r.get("projected_ms"), ".4g"),
-                      _num((r.get("projection") or {}).get("rounds"), "d")))
+                      _num((r.get("projection") or {}).get("rounds"), "d"), _wire(r)))
     return ["## Shaped networks", "",
             "Cluster players in their own network namespaces, each link shaped with `tc`. "
             "*emulated*: measured on the shaped links; *projected*: compute + rounds "
@@ -62,16 +63,30 @@ def section(summary: dict[str, Any]) -> list[str]:
             "transfer replayed on its links once the transfers it waits for have arrived "
             "(the traffic analysis names them), a link carrying one at a time, with the "
             "compute spread evenly between the levels of transfers and each link's token "
-            "bucket (the emulation's tbf burst) letting small transfers through at once.", "",
+            "bucket (the emulation's tbf burst) letting small transfers through at once. "
+            "*wire / counted*: the frame bytes each link's tbf let through during one shaped "
+            "call (tc's counters) over the payload we counted for that link, lowest and "
+            f"highest of the links with at least {WIRE_CHECKED_BYTES // 1024} KiB counted: "
+            "1514/1448 = 1.046 is what TCP/IP and Ethernet headers of full-size segments add, "
+            "and ACKs and RPC headers add a little more.", "",
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
                      "compute ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "rounds sequential w/o RTT ms", "scheduled w/o RTT ms",
-                     "scheduled error %", "projected ms", "rounds"), table),
+                     "scheduled error %", "projected ms", "rounds", "wire / counted"), table),
             "", *_within(rows, "Projection (busiest link)"),
             *_within(rows, "Scheduled projection", SCHEDULED)]
 
 
 SCHEDULED = "projected_scheduled_without_rtt_ms"
+
+
+def _wire(r: dict[str, Any]) -> str:
+    """Lowest-highest wire / counted ratio of the row's well-filled links ('-': none)."""
+    ratios = [v["ratio"] for v in (r.get("wire") or {}).values()
+              if v.get("ratio") is not None and v.get("counted", 0) >= WIRE_CHECKED_BYTES]
+    if not ratios:
+        return "-"
+    return f"{min(ratios):.3f}-{max(ratios):.3f}"
 
 
 def _within(rows: list[dict[str, Any]], what: str, key: str = "projected_without_rtt_ms",
