@@ -31,9 +31,11 @@ import sys
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.inference.comm_trace import TRACE_ENV
 from harness.net.shaping import ShapedNetwork
 from harness.results.metrics import interleaved
 from harness.results.projection import WIRE_CHECKED_BYTES, WIRE_RATIO, project, wire_ratios
@@ -43,7 +45,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 _DRIVER = """
-import json, sys
+import json, os, stat, sys, time
 from harness.tfe import activate
 activate()
 import numpy as np
@@ -63,7 +65,10 @@ with Cluster(network=network) as cluster:
     info = {"first_call_s": model.timing.first_call_s,
             "network": cluster.shaped.describe() if cluster.shaped else None}
     from harness.inference.comm import count_prediction
-    counted = count_prediction(model, x).as_dict()
+    from harness.inference.comm_trace import LogMark
+    counting = count_prediction(model, x)
+    names = [[t.sender, t.receiver, t.tensor] for t in counting.transfers]
+    counted = counting.as_dict()
     info["links"] = {**counted["links"], **counted["driver_links"]}
     info["rounds"] = counted["rounds_with_driver"]
     info["round_links"] = counted["round_links"]
@@ -74,6 +79,19 @@ with Cluster(network=network) as cluster:
     if cluster.shaped is not None:
         steps.update(lift=cluster.shaped.lift, restore=cluster.shaped.restore,
                      wire=lambda: print(json.dumps(cluster.shaped.link_bytes()), flush=True))
+    logs = [w.log_path for w in cluster.managed]
+    if stat.S_ISREG(os.stat(2).st_mode):  # this process's own lines (its transfers)
+        logs.append("/proc/self/fd/2")
+
+    def trace():
+        mark = LogMark(logs)
+        t0 = time.time()
+        model.predict(x)
+        t1 = time.time()
+        time.sleep(0.1)  # the last lines of the other processes
+        print(json.dumps(mark.times(names, list(cluster.hostmap), t0, t1)), flush=True)
+
+    steps["trace"] = trace
     for line in sys.stdin:
         if line.strip() not in steps:
             break
@@ -88,7 +106,8 @@ class RemoteDriver:
 
     def __init__(self, protocol: str, network: str, model: str = "tutorial", batch: int = 1):
         self._log = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+        # the rendezvous log of every process of the cluster: ``comm_trace``
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **TRACE_ENV)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.net.bind", "127.0.0.1", "--", sys.executable,
              "-c", _DRIVER, protocol, network, model, str(batch)],
@@ -115,13 +134,15 @@ class RemoteDriver:
     def predict(self) -> None:
         self.step("predict")
 
-    def wire(self) -> dict[str, int]:
-        """Bytes each shaped link's tbf has let through so far (``link_bytes``)."""
-        self.proc.stdin.write("wire\n")
+    def query(self, what: str) -> Any:
+        """``wire`` (bytes each shaped link's tbf has let through so far: ``link_bytes``)
+        or ``trace`` (one prediction, when each transfer was sent and arrived:
+        ``harness.inference.comm_trace``)."""
+        self.proc.stdin.write(f"{what}\n")
         self.proc.stdin.flush()
-        counters = json.loads(self._line())
+        answer = json.loads(self._line())
         assert self._line().strip() == "ok"
-        return counters
+        return answer
 
     def close(self) -> None:
         try:
@@ -153,16 +174,19 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
                     "shaped": partial(driver.step, "restore")})
         medians = {name: statistics.median(t) for name, t in times.items()}
         driver.step("restore")
-        before = driver.wire()
+        before = driver.query("wire")
         driver.predict()  # one more shaped call, its frames counted on every link
-        after = driver.wire()
+        after = driver.query("wire")
+        driver.step("lift")  # traced calls with the limits lifted: the compute's shape
+        traces = sorted((driver.query("trace") for _ in range(3)), key=lambda t: t["call_s"])
     finally:
         driver.close()
     base = {**driver.info, "median_s": medians["unshaped"]}
     emulated_s = medians["shaped"]
     described = driver.info["network"]
     comm = {"links": base["links"], "rounds": base["rounds"],
-            "round_links": base["round_links"], "schedule": base["schedule"]}
+            "round_links": base["round_links"], "schedule": base["schedule"],
+            "timing": traces[1]}  # the traced call of median length
     projection = project(base["median_s"], comm, network.rate, network.rtt,
                          unshaped=["driver"], burst=described.get("burst_bytes") or 0)
     wire = wire_ratios(comm, {k: after[k] - before[k] for k in after}, unshaped=["driver"])
@@ -179,6 +203,9 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
             projection.compute_s + projection.transfer_sequential_s) * 1e3,
         "projected_scheduled_without_rtt_ms": (
             projection.compute_s + projection.transfer_scheduled_s) * 1e3,
+        "projected_timed_without_rtt_ms": (
+            projection.compute_s + projection.transfer_timed_s) * 1e3,
+        "traced_calls_ms": [t["call_s"] * 1e3 for t in traces],
         "projection": projection.as_dict(),
         "party_rounds": base["party_rounds"],
         "wire": wire,

@@ -103,6 +103,7 @@ class Projection:
     topology: str
     transfer_sequential_s: float | None = None  # rounds one after another (upper bound)
     transfer_scheduled_s: float | None = None  # the transfers replayed on the links
+    transfer_timed_s: float | None = None  # replayed with the compute of a traced call
 
     @property
     def total_sequential_s(self) -> float | None:
@@ -119,6 +120,13 @@ class Projection:
         return self.compute_s + self.latency_s + self.transfer_scheduled_s
 
     @property
+    def total_timed_s(self) -> float | None:
+        """The projection with ``transfer_timed_s`` as its transfer term."""
+        if self.transfer_timed_s is None:
+            return None
+        return self.compute_s + self.latency_s + self.transfer_timed_s
+
+    @property
     def latency_lower_s(self) -> float:
         """The latency term if every round waited only one way (RTT/2)."""
         return self.latency_s / 2
@@ -126,7 +134,8 @@ class Projection:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "latency_lower_s": self.latency_lower_s,
                 "total_sequential_s": self.total_sequential_s,
-                "total_scheduled_s": self.total_scheduled_s}
+                "total_scheduled_s": self.total_scheduled_s,
+                "total_timed_s": self.total_timed_s}
 
 
 def link_loads(comm: Mapping[str, Any], topology: str = "star",
@@ -174,17 +183,10 @@ def _link_names(sender: str, receiver: str, topology: str, skip: set[str]) -> li
     return [f"{p} {d}" for p, d in ((sender, "up"), (receiver, "down")) if p not in skip]
 
 
-def transfer_scheduled_s(schedule: Any, rate: float | None, compute_s: float = 0.0,
-                         burst: float = 0.0, topology: str = "star",
-                         unshaped: Iterable[str] = (),
-                         overhead: float = FULL_FRAME_OVERHEAD) -> float:
-    """The transfer term of the replay of ``schedule`` (``[[link, bytes, [waits for]],
-    ...]``) on links of ``rate`` bytes/s (see the module docstring)."""
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
-    if rate is None:
-        return 0.0
-    skip, n = set(unshaped), len(schedule)
+def _order(schedule: Any) -> tuple[list[int], list[list[int]], list[int]]:
+    """(a topological order, each entry's dependents, each entry's level) of a schedule;
+    clear errors for entries that wait for themselves, for nothing there, or in a cycle."""
+    n = len(schedule)
     pending = [len(entry[2]) for entry in schedule]
     dependents: list[list[int]] = [[] for _ in range(n)]
     level = [0] * n
@@ -202,10 +204,21 @@ def transfer_scheduled_s(schedule: Any, rate: float | None, compute_s: float = 0
                 order.append(d)
     if len(order) != n:
         raise ValueError("the schedule has a cycle: transfers that wait for each other")
-    gap = compute_s / (max(level, default=-1) + 2)
+    return order, dependents, level
+
+
+def _replay(schedule: Any, dependents: list[list[int]], rate: float, lead: list[float],
+            hold: list[float], tail: list[float], burst: float, topology: str,
+            skip: set[str], overhead: float) -> float:
+    """Makespan of the transfers on their links: entry i is ready ``lead[i]`` after the
+    last transfer it waits for has arrived (after the start if none), waits for its links
+    (one transfer at a time each, in the order they became ready), takes its bytes at the
+    rate less what the links' token buckets hold, and takes ``hold[i]`` at least; the
+    call ends ``tail[i]`` after the last arrival."""
     pending = [len(entry[2]) for entry in schedule]
-    ready_at = [0.0] * n
-    heap = [(gap, i) for i in range(n) if not pending[i]]
+    ready_at = [0.0] * len(schedule)
+    heap = [(lead[i], i) for i in range(len(schedule)) if not pending[i]]
+    heapq.heapify(heap)
     free: dict[str, float] = {}
     tokens: dict[str, float] = {}
     end = 0.0
@@ -219,16 +232,80 @@ def transfer_scheduled_s(schedule: Any, rate: float | None, compute_s: float = 0
             held = min(burst, tokens.get(k, burst) + rate * (start - free.get(k, 0.0)))
             takes = max(takes, max(0.0, size - held) / rate)
             tokens[k] = max(0.0, held - size)
-        done = start + takes
         for k in links:
-            free[k] = done
-        end = max(end, done)
+            free[k] = start + takes
+        done = max(start + takes, ready + hold[i])
+        end = max(end, done + tail[i])
         for d in dependents[i]:
             ready_at[d] = max(ready_at[d], done)
             pending[d] -= 1
             if not pending[d]:
-                heapq.heappush(heap, (ready_at[d] + gap, d))
-    return max(end + gap, compute_s) - compute_s
+                heapq.heappush(heap, (ready_at[d] + lead[d], d))
+    return end
+
+
+def _check_topology(topology: str) -> None:
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
+
+
+def transfer_scheduled_s(schedule: Any, rate: float | None, compute_s: float = 0.0,
+                         burst: float = 0.0, topology: str = "star",
+                         unshaped: Iterable[str] = (),
+                         overhead: float = FULL_FRAME_OVERHEAD) -> float:
+    """The transfer term of the replay of ``schedule`` (``[[link, bytes, [waits for]],
+    ...]``) on links of ``rate`` bytes/s, the compute spread evenly over the levels (see
+    the module docstring)."""
+    _check_topology(topology)
+    order, dependents, level = _order(schedule)
+    if rate is None:
+        return 0.0
+    gap = compute_s / (max(level, default=-1) + 2)
+    n = len(schedule)
+    end = _replay(schedule, dependents, rate, [gap] * n, [0.0] * n, [gap] * n, burst,
+                  topology, set(unshaped), overhead)
+    return max(end, compute_s) - compute_s
+
+
+def transfer_timed_s(schedule: Any, timing: Mapping[str, Any], rate: float | None,
+                     compute_s: float, burst: float = 0.0, topology: str = "star",
+                     unshaped: Iterable[str] = (),
+                     overhead: float = FULL_FRAME_OVERHEAD) -> float:
+    """The transfer term of the *timed* replay: ``schedule`` replayed with each
+    transfer's compute measured in one call with the links' limits lifted.
+
+    ``timing`` (``harness.inference.comm_trace``): ``call_s`` (that call's duration),
+    ``sent`` and ``arrived`` (per entry, seconds after its start, or None). Per entry,
+    its *lead* is the time from the arrival of the last transfer it waits for (the start
+    if none) to its being sent: the work on that path, which the even spread of
+    ``transfer_scheduled_s`` has to guess; *hold* is how long it took with the limits
+    lifted (RPC and copies), a floor on it shaped; *tail*, the time from its arrival to
+    the end of the call. A missing time counts as no lead and no hold. All three are
+    scaled by ``compute_s / call_s`` (the traced call gives the shape, the median the
+    scale), so the replay with unlimited links gives back ``compute_s``.
+    """
+    _check_topology(topology)
+    order, dependents, _level = _order(schedule)
+    if rate is None:
+        return 0.0
+    n, call = len(schedule), timing.get("call_s")
+    sent, arrived = timing.get("sent"), timing.get("arrived")
+    if not isinstance(call, (int, float)) or not call > 0 or not isinstance(sent, list) \
+            or not isinstance(arrived, list) or len(sent) != n or len(arrived) != n:
+        raise ValueError(f"timing must be {{'call_s': > 0, 'sent': [{n} times or None], "
+                         "'arrived': [...]}} for this schedule")
+    scale = compute_s / call
+    lead, hold, tail = [0.0] * n, [0.0] * n, [0.0] * n
+    got = [0.0] * n
+    for i in order:
+        before = max((got[j] for j in schedule[i][2]), default=0.0)
+        out = before if sent[i] is None else max(before, sent[i])
+        got[i] = out if arrived[i] is None else max(out, arrived[i])
+        lead[i], hold[i] = (out - before) * scale, (got[i] - out) * scale
+        tail[i] = max(0.0, call - got[i]) * scale
+    end = _replay(schedule, dependents, rate, lead, hold, tail, burst, topology,
+                  set(unshaped), overhead)
+    return max(end, compute_s) - compute_s
 
 
 def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s: float,
@@ -267,12 +344,16 @@ def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s
     schedule = comm.get("schedule")
     scheduled = None if schedule is None else transfer_scheduled_s(
         schedule, rate, compute_s, burst, topology, unshaped, overhead)
+    timing = comm.get("timing")
+    timed = None if schedule is None or timing is None else transfer_timed_s(
+        schedule, timing, rate, compute_s, burst, topology, unshaped, overhead)
     return Projection(
         total_s=compute_s + latency + transfer, compute_s=compute_s, latency_s=latency,
         transfer_s=transfer, rounds=rounds, rtt_s=rtt_s, rate_bytes_per_s=rate,
         busiest_link=busiest, busiest_link_bytes=busiest_bytes,
         total_bytes=sum(n for *_, n in _links(comm)), topology=topology,
         transfer_sequential_s=sequential, transfer_scheduled_s=scheduled,
+        transfer_timed_s=timed,
     )
 
 

@@ -46,6 +46,7 @@ def section(summary: dict[str, Any]) -> list[str]:
                       _num(r.get("projected_sequential_without_rtt_ms"), ".4g"),
                       _num(r.get("projected_scheduled_without_rtt_ms"), ".4g"),
                       _num(_error(r, SCHEDULED), "+.3g"),
+                      _num(r.get(TIMED), ".4g"), _num(_error(r, TIMED), "+.3g"),
                       _num(r.get("projected_ms"), ".4g"),
                       _num((r.get("projection") or {}).get("rounds"), "d"), _wire(r)))
     return ["## Shaped networks", "",
@@ -64,6 +65,10 @@ def section(summary: dict[str, Any]) -> list[str]:
             "(the traffic analysis names them), a link carrying one at a time, with the "
             "compute spread evenly between the levels of transfers and each link's token "
             "bucket (the emulation's tbf burst) letting small transfers through at once. "
+            "*timed*: the same replay, but each transfer's lead (from the arrival of what "
+            "it waits for to its being sent), its own duration and the rest of the call "
+            "after it are those of a call traced with the links' limits lifted "
+            "(TensorFlow's rendezvous log), scaled to the compute median. "
             "*wire / counted*: the frame bytes each link's tbf let through during one shaped "
             "call (tc's counters) over the payload we counted for that link, lowest and "
             f"highest of the links with at least {WIRE_CHECKED_BYTES // 1024} KiB counted: "
@@ -72,12 +77,15 @@ def section(summary: dict[str, Any]) -> list[str]:
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
                      "compute ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "rounds sequential w/o RTT ms", "scheduled w/o RTT ms",
-                     "scheduled error %", "projected ms", "rounds", "wire / counted"), table),
+                     "scheduled error %", "timed w/o RTT ms", "timed error %",
+                     "projected ms", "rounds", "wire / counted"), table),
             "", *_within(rows, "Projection (busiest link)"),
-            *_within(rows, "Scheduled projection", SCHEDULED)]
+            *_within(rows, "Scheduled projection", SCHEDULED),
+            *_within(rows, "Timed projection", TIMED)]
 
 
 SCHEDULED = "projected_scheduled_without_rtt_ms"
+TIMED = "projected_timed_without_rtt_ms"
 
 
 def _wire(r: dict[str, Any]) -> str:
