@@ -66,6 +66,12 @@ rate, less what the link's token bucket (``burst`` bytes, refilled at the rate w
 the link idles, as ``tbf`` does) lets through at once. The replay's makespan minus the
 compute is its transfer term.
 
+Where one call's transfers were traced with the links' limits lifted (``comm["timing"]``:
+when each was sent and arrived, ``harness.inference.comm_trace``), ``transfer_timed_s``
+replays them the same way but with each transfer's own measured lead (the work between the
+arrival of what it waits for and its send) instead of an even slice: compute that ran
+while other transfers were on the way stays off the critical path.
+
 Plain numbers and dicts in, plain numbers out; no TensorFlow.
 """
 from __future__ import annotations
