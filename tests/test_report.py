@@ -428,17 +428,26 @@ def test_network_rows_give_emulated_projected_table_and_rtt_plot(tmp_path: Path)
         "compute_ms": 82.0, "loopback_ms": 80.0, "projected_without_rtt_ms": 90.0,
         "projected_ms": 1714.0,
         "projected_sequential_without_rtt_ms": 120.0, "projected_scheduled_without_rtt_ms": 105.0,
-        "projection": {"rounds": 28, "transfer_s": 0.01}}]
+        "projected_timed_without_rtt_ms": 97.0,
+        "projection": {"rounds": 28, "transfer_s": 0.01},
+        "wire": {"server0 up": {"counted": 400_000, "wire": 420_000, "ratio": 1.05},
+                 "server1 down": {"counted": 500_000, "wire": 540_000, "ratio": 1.08},
+                 "server2 up": {"counted": 1_000, "wire": 3_000, "ratio": 3.0}}}]
     run = _run(tmp_path / "net", summary)
     md = report.write_report(run, baseline_path=None).read_text()
     assert "## Shaped networks" in md
     assert ("| tutorial | SecureNN | wan | 1 | 40 | 58 | projected | 82 | 100 | 90 | -10 "
-            "| 120 | 105 | +5 | 1714 | 28 |") in md
+            "| 120 | 105 | +5 | 97 | -3 | 1714 | 28 | 1.050-1.080 |") in md
     assert ("Projection (busiest link) within 15 % of the emulated run (w/o RTT) in 1 of 1 rows; "
             "largest error -10 %") in md
     assert "Scheduled projection within 15 % of the emulated run (w/o RTT) in 1 of 1 rows" in md
+    assert "Timed projection within 15 % of the emulated run (w/o RTT) in 1 of 1 rows" in md
     assert "1.714 s (projected)" in md  # WAN column beside the papers
     _assert_png(run / "latency_vs_rtt.png")
     del summary["network"][0]["compute_ms"]  # a run from before the same-cluster reference
     old = report.write_report(_run(tmp_path / "old", summary), baseline_path=None).read_text()
     assert "| projected | 80 | 100 |" in old
+    for key in ("projected_timed_without_rtt_ms", "wire"):  # runs before the timed replay
+        del summary["network"][0][key]
+    older = report.write_report(_run(tmp_path / "older", summary), baseline_path=None).read_text()
+    assert "| +5 | - | - | 1714 | 28 | - |" in older
