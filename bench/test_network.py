@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from harness.inference.comm_trace import TRACE_ENV
+from harness.inference.comm_trace import TRACE_ENV, out_of_order
 from harness.net.shaping import ShapedNetwork
 from harness.results.metrics import interleaved
 from harness.results.projection import WIRE_CHECKED_BYTES, WIRE_RATIO, project, wire_ratios
@@ -206,6 +206,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
         "projected_timed_without_rtt_ms": (
             projection.compute_s + projection.transfer_timed_s) * 1e3,
         "traced_calls_ms": [t["call_s"] * 1e3 for t in traces],
+        "traced_transfers": [sum(x is not None for x in t["sent"]) for t in traces],
         "projection": projection.as_dict(),
         "party_rounds": base["party_rounds"],
         "wire": wire,
@@ -224,6 +225,14 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
     ratios = {k: round(v["ratio"], 3) for k, v in wire.items()
               if v["counted"] >= WIRE_CHECKED_BYTES}
     print(f"wire / counted per link (tc counters, one shaped call): {ratios}")
+    orders = [out_of_order(base["schedule"], t) for t in traces]
+    print(f"traced calls: {row['traced_transfers']} of {len(base['schedule'])} transfers "
+          f"found in the log, {[c for c, _ in orders]} counted dependencies checked, "
+          f"{sum(len(w) for _, w in orders)} broken")
+    assert all(checked for checked, _ in orders), "no counted dependency could be checked"
+    assert not any(w for _, w in orders), (
+        f"the runtime sent a transfer before one it waits for (by the count) had arrived: "
+        f"{[w[:5] for _, w in orders]}")
     off = {k: v for k, v in wire.items() if v["counted"] >= WIRE_CHECKED_BYTES
            and not WIRE_RATIO[0] <= v["ratio"] <= WIRE_RATIO[1]}
     assert not off, (f"the links carried what the count does not explain (wire / counted "

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.inference.comm_trace import LogMark, parse
+from harness.inference.comm_trace import LogMark, out_of_order, parse
 from harness.results.projection import project, transfer_timed_s
 
 PLAYERS = ("server0", "server1", "server2")
@@ -80,6 +80,15 @@ def test_timed_replay_puts_the_measured_compute_on_each_path():
     assert p.transfer_timed_s == pytest.approx(1.46)
     assert p.as_dict()["total_timed_s"] == pytest.approx(0.2 + 0.002 + 1.46)
     assert project(0.2, {**comm, "timing": None}, 1e6, 0.0).transfer_timed_s is None
+
+
+def test_out_of_order_finds_a_send_before_what_it_waits_for():
+    timing = {"call_s": 0.1, "sent": [0.02, 0.05], "arrived": [0.03, 0.06]}
+    assert out_of_order(CHAIN, timing) == (1, [])
+    early = {"call_s": 0.1, "sent": [0.02, 0.025], "arrived": [0.03, 0.06]}
+    assert out_of_order(CHAIN, early) == (1, [(1, 0)])
+    assert out_of_order(CHAIN, {**early, "sent": [0.02, 0.0299]}) == (1, [])  # within 0.5 ms
+    assert out_of_order(CHAIN, {**early, "arrived": [None, 0.06]}) == (0, [])
 
 
 @pytest.mark.parametrize("timing", [

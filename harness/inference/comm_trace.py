@@ -13,6 +13,10 @@ reads what was written since and returns, per counted transfer, when it was sent
 when it arrived, in seconds after ``t0`` (the call's start; ``t1`` its end). A transfer
 without a line (e.g. a result fetched outside the function) is ``None``.
 
+``out_of_order(schedule, timing)`` checks the count's dependencies against the trace: a
+transfer that the count says waits for another must not be sent before that one has
+arrived. Any pair that was is a dependency (and so a round) the runtime does not have.
+
 The lines cost a few microseconds each (tens to hundreds per call): a SecureNN batch of
 32 on a 1 Gbit/s-shaped cluster timed 189.5 ms with them and 182.6 ms without, within
 the run-to-run spread (2026-12-06). No TensorFlow import: plain text in, numbers out.
@@ -90,3 +94,19 @@ class LogMark:
 
         return {"call_s": t1 - t0, "sent": [offset(sent, n) for n in names],
                 "arrived": [offset(arrived, n) for n in names]}
+
+
+def out_of_order(schedule: Sequence[Sequence[Any]], timing: dict[str, Any],
+                 tolerance: float = 5e-4) -> tuple[int, list[tuple[int, int]]]:
+    """(pairs checked, pairs (i, j) where transfer i, which waits for j according to
+    ``schedule``, was sent more than ``tolerance`` seconds before j arrived)."""
+    sent, arrived = timing["sent"], timing["arrived"]
+    checked, wrong = 0, []
+    for i, entry in enumerate(schedule):
+        for j in entry[2]:
+            if sent[i] is None or arrived[j] is None:
+                continue
+            checked += 1
+            if sent[i] < arrived[j] - tolerance:
+                wrong.append((i, j))
+    return checked, wrong
