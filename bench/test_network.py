@@ -100,7 +100,6 @@ with Cluster(network=network) as cluster:
 """
 
 
-
 class RemoteDriver:
     """A driver subprocess with its own cluster; ``predict()`` runs one private prediction."""
 
