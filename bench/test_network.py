@@ -38,7 +38,7 @@ import pytest
 from harness.inference.comm_trace import TRACE_ENV, out_of_order
 from harness.net.shaping import ShapedNetwork
 from harness.results.metrics import interleaved
-from harness.results.projection import WIRE_CHECKED_BYTES, WIRE_RATIO, project, wire_ratios
+from harness.results.projection import WIRE_RATIO, checked_ratios, project, wire_ratios
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
 
@@ -221,9 +221,9 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
           f"{row['projected_ms']:.1f} ms ({projection.rounds} rounds x RTT = "
           f"{projection.latency_s * 1e3:.1f} ms, busiest link {projection.busiest_link} "
           f"{projection.busiest_link_bytes} B = {projection.transfer_s * 1e3:.1f} ms)")
-    ratios = {k: round(v["ratio"], 3) for k, v in wire.items()
-              if v["counted"] >= WIRE_CHECKED_BYTES}
-    print(f"wire / counted per link (tc counters, one shaped call): {ratios}")
+    ratios = checked_ratios(wire)
+    print(f"wire / counted per link (tc counters, one shaped call): "
+          f"{ {k: round(v, 3) for k, v in ratios.items()} }")
     orders = [out_of_order(base["schedule"], t) for t in traces]
     print(f"traced calls: {row['traced_transfers']} of {len(base['schedule'])} transfers "
           f"found in the log, {[c for c, _ in orders]} counted dependencies checked, "
@@ -232,7 +232,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
     assert not any(w for _, w in orders), (
         f"the runtime sent a transfer before one it waits for (by the count) had arrived: "
         f"{[w[:5] for _, w in orders]}")
-    off = {k: v for k, v in wire.items() if v["counted"] >= WIRE_CHECKED_BYTES
-           and not WIRE_RATIO[0] <= v["ratio"] <= WIRE_RATIO[1]}
+    off = {k: wire[k] for k, ratio in ratios.items()
+           if not WIRE_RATIO[0] <= ratio <= WIRE_RATIO[1]}
     assert not off, (f"the links carried what the count does not explain (wire / counted "
                      f"outside {WIRE_RATIO}): {off}")

@@ -145,9 +145,16 @@ class ShapedNetwork:
 
     def _ends(self) -> list[tuple[str, str | None]]:
         """(veth, namespace or None: ours) of both ends of every player's link."""
-        return [(self.hosts.veth(player, end), namespace) for player in self.hosts.players
-                for end, namespace in (("inner", self.hosts.namespace(player)),
-                                       ("outer", None))]
+        return [(dev, namespace) for _name, dev, namespace in self._directions()]
+
+    def _directions(self) -> list[tuple[str, str, str | None]]:
+        """("<player> up" or "<player> down", the veth whose egress carries it, its
+        namespace or None: ours): the inner end sends what the player sends, the outer
+        end what it receives."""
+        return [(f"{player} {direction}", self.hosts.veth(player, end), namespace)
+                for player in self.hosts.players
+                for end, direction, namespace in (
+                    ("inner", "up", self.hosts.namespace(player)), ("outer", "down", None))]
 
     def lift(self) -> None:
         """Lift the limits: every link's tbf to ``LIFTED_RATE`` (and its netem, if any,
@@ -217,17 +224,13 @@ class ShapedNetwork:
         if self.profile.rate is None or not self.hosts.running:
             return {}
         out = {}
-        for player in self.hosts.players:
-            for end, direction, namespace in (("inner", "up", self.hosts.namespace(player)),
-                                              ("outer", "down", None)):
-                tc = ["tc"] + (["-n", namespace] if namespace else [])
-                shown = json.loads(netns.run(tc + ["-s", "-j", "qdisc", "show", "dev",
-                                                   self.hosts.veth(player, end)]) or "[]")
-                tbf = [q for q in shown if q.get("kind") == "tbf"]
-                if len(tbf) != 1:
-                    raise netns.NetnsError(f"{player} {direction}: expected one tbf of ours, "
-                                           f"found {len(tbf)}")
-                out[f"{player} {direction}"] = int(tbf[0]["bytes"])
+        for name, dev, namespace in self._directions():
+            tc = ["tc"] + (["-n", namespace] if namespace else [])
+            shown = json.loads(netns.run(tc + ["-s", "-j", "qdisc", "show", "dev", dev]) or "[]")
+            tbf = [q for q in shown if q.get("kind") == "tbf"]
+            if len(tbf) != 1:
+                raise netns.NetnsError(f"{name}: expected one tbf of ours, found {len(tbf)}")
+            out[name] = int(tbf[0]["bytes"])
         return out
 
     def describe(self) -> dict[str, Any]:

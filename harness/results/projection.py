@@ -151,8 +151,7 @@ def link_loads(comm: Mapping[str, Any], topology: str = "star",
     ``star``: ``"<party> up"`` (all it sends) and ``"<party> down"`` (all it
     receives), for every party not in ``unshaped``; ``mesh``: one entry per pair.
     """
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
+    _check_topology(topology)
     skip = set(unshaped)
     loads: dict[str, int] = {}
     for _key, sender, receiver, nbytes in _links(comm):
@@ -181,6 +180,13 @@ def wire_ratios(comm: Mapping[str, Any], wire: Mapping[str, int],
         out[name] = {"counted": c, "wire": w,
                      "ratio": None if not c or w is None else w / c}
     return out
+
+
+def checked_ratios(wire: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The wire / counted ratios of ``wire_ratios`` held to ``WIRE_RATIO``: links with at
+    least ``WIRE_CHECKED_BYTES`` counted and a reading."""
+    return {k: v["ratio"] for k, v in wire.items()
+            if v.get("ratio") is not None and v.get("counted", 0) >= WIRE_CHECKED_BYTES}
 
 
 def _link_names(sender: str, receiver: str, topology: str, skip: set[str]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from harness.results.projection import WIRE_CHECKED_BYTES
+from harness.results.projection import WIRE_CHECKED_BYTES, checked_ratios
 from harness.results.report_tables import _num, _proto, _rows, _table
 
 RTT_RANGE_MS = (0.0, 100.0)
@@ -90,8 +90,7 @@ TIMED = "projected_timed_without_rtt_ms"
 
 def _wire(r: dict[str, Any]) -> str:
     """Lowest-highest wire / counted ratio of the row's well-filled links ('-': none)."""
-    ratios = [v["ratio"] for v in (r.get("wire") or {}).values()
-              if v.get("ratio") is not None and v.get("counted", 0) >= WIRE_CHECKED_BYTES]
+    ratios = list(checked_ratios(r.get("wire") or {}).values())
     if not ratios:
         return "-"
     return f"{min(ratios):.3f}-{max(ratios):.3f}"
