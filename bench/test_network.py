@@ -39,6 +39,7 @@ from harness.inference.comm_trace import TRACE_ENV, out_of_order
 from harness.net.shaping import ShapedNetwork
 from harness.results.metrics import interleaved
 from harness.results.projection import WIRE_RATIO, checked_ratios, project, wire_ratios
+from harness.results.replay import LINK_MODEL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.netns, pytest.mark.slow]
 
@@ -207,6 +208,7 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
         "traced_calls_ms": [t["call_s"] * 1e3 for t in traces],
         "traced_transfers": [sum(x is not None for x in t["sent"]) for t in traces],
         "projection": projection.as_dict(),
+        "link_model": LINK_MODEL,
         "party_rounds": base["party_rounds"],
         "wire": wire,
         "wire_method": ("frame bytes each link's tbf let through during one shaped call "

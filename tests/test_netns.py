@@ -414,10 +414,12 @@ def test_projection_of_rounds_one_after_another():
 
 
 def test_projection_replays_the_transfers_on_their_links():
-    """Round 1: server0 sends 300k to server1 and 200k to server2 (both on server0's
-    uplink: one after the other, in order: 0.3 s, then 0.5 s); server2 -> server1 (100k)
-    waits for the 200k: done at 0.6 s; server1 -> server0 (700k) waits for the 300k:
-    0.3 + 0.7 s. Between the busiest link (0.7 s) and rounds one after another (1.2 s)."""
+    """Round 1: server0 sends 300k to server1 and 200k to server2, both on server0's
+    uplink: the one with fewer bytes first (to 0.2 s), then the 300k. server2 -> server1
+    (100k) waits for the 200k; from 0.2 s it has fewer bytes left than the 300k on
+    server1's downlink and takes it (to 0.3 s), so the 300k ends at 0.6 s; server1 ->
+    server0 (700k) waits for the 300k: 0.6 + 0.7 = 1.3 s, more than the rounds one after
+    another (1.2 s): serving the shorter transfers first delays the one the 700k needs."""
     comm = {"links": {"server0->server1": {"bytes": 300_000},
                       "server0->server2": {"bytes": 200_000},
                       "server2->server1": {"bytes": 100_000},
@@ -428,8 +430,8 @@ def test_projection_replays_the_transfers_on_their_links():
                          ["server2->server1", 100_000, [1]], ["server1->server0", 700_000, [0]]]}
     p = project(0.01, comm, rate=1e6, rtt_s=0.0, overhead=1.0)
     assert p.transfer_s == pytest.approx(0.7) and p.transfer_sequential_s == pytest.approx(1.2)
-    assert p.transfer_scheduled_s == pytest.approx(1.0)  # server1 down is free by then
-    assert p.as_dict()["total_scheduled_s"] == pytest.approx(1.01)
+    assert p.transfer_scheduled_s == pytest.approx(1.3)
+    assert p.as_dict()["total_scheduled_s"] == pytest.approx(1.31)
     # the driver has no link of its own: in a star its peer's link carries what it
     # sends (0.1 s on server0's downlink); in a mesh its pairs take no time
     driver = [["driver->server0", 100_000, []], ["server0->server1", 300_000, [0]]]

@@ -56,32 +56,23 @@ needs. Real runs fall between the two (a round's transfers start as their own in
 arrive, not when the whole previous round has), so a report shows both.
 
 Where each transfer's direct predecessors are known (``comm["schedule"]``: link,
-bytes, the transfers it waits for), ``transfer_scheduled_s`` replays them instead of
-assumptions 1 and 2: the compute is spread evenly over the call, one equal slice
-before each level of the longest chain of transfers and one after the last; a
-transfer starts one slice after everything it waits for has arrived, once its links
-are free (a link carries one transfer at a time, in the order they became ready; in a
-star, the sender's uplink and the receiver's downlink); it takes bytes x overhead /
-rate, less what the link's token bucket (``burst`` bytes, refilled at the rate while
-the link idles, as ``tbf`` does) lets through at once. The replay's makespan minus the
-compute is its transfer term.
-
-Where one call's transfers were traced with the links' limits lifted (``comm["timing"]``:
-when each was sent and arrived, ``harness.inference.comm_trace``), ``transfer_timed_s``
-replays them the same way but with each transfer's own measured lead (the work between the
-arrival of what it waits for and its send) instead of an even slice: compute that ran
-while other transfers were on the way stays off the critical path.
+bytes, the transfers it waits for), ``harness.results.replay`` replays them instead of
+assumptions 1 and 2: ``transfer_scheduled_s`` with the compute spread evenly over the
+call, ``transfer_timed_s`` (where one call was traced with the links' limits lifted,
+``comm["timing"]``) with each transfer's own measured compute. Both share one link
+model; see that module.
 
 Plain numbers and dicts in, plain numbers out; no TensorFlow.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
-FULL_FRAME_OVERHEAD = 1514 / 1448  # Ethernet frame / TCP payload of a full 1500-MTU segment
-TOPOLOGIES = ("star", "mesh")
+from harness.results.replay import (  # noqa: F401 (transfer_*: part of this module's API)
+    FULL_FRAME_OVERHEAD, check_topology, link_names, transfer_scheduled_s,
+    transfer_timed_s)
+
 # ``wire_ratios``: links that carry at least this much counted payload per call are held
 # to WIRE_RATIO (on smaller ones, RPC headers and control messages, which the count
 # leaves out, weigh more)
@@ -151,11 +142,11 @@ def link_loads(comm: Mapping[str, Any], topology: str = "star",
     ``star``: ``"<party> up"`` (all it sends) and ``"<party> down"`` (all it
     receives), for every party not in ``unshaped``; ``mesh``: one entry per pair.
     """
-    _check_topology(topology)
+    check_topology(topology)
     skip = set(unshaped)
     loads: dict[str, int] = {}
     for _key, sender, receiver, nbytes in _links(comm):
-        for name in _link_names(sender, receiver, topology, skip):
+        for name in link_names(sender, receiver, topology, skip):
             loads[name] = loads.get(name, 0) + nbytes
     return loads
 
@@ -187,137 +178,6 @@ def checked_ratios(wire: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     least ``WIRE_CHECKED_BYTES`` counted and a reading."""
     return {k: v["ratio"] for k, v in wire.items()
             if v.get("ratio") is not None and v.get("counted", 0) >= WIRE_CHECKED_BYTES}
-
-
-def _link_names(sender: str, receiver: str, topology: str, skip: set[str]) -> list[str]:
-    if topology == "mesh":
-        return [] if {sender, receiver} & skip else [f"{sender}->{receiver}"]
-    return [f"{p} {d}" for p, d in ((sender, "up"), (receiver, "down")) if p not in skip]
-
-
-def _order(schedule: Any) -> tuple[list[int], list[list[int]], list[int]]:
-    """(a topological order, each entry's dependents, each entry's level) of a schedule;
-    clear errors for entries that wait for themselves, for nothing there, or in a cycle."""
-    n = len(schedule)
-    pending = [len(entry[2]) for entry in schedule]
-    dependents: list[list[int]] = [[] for _ in range(n)]
-    level = [0] * n
-    for i, (_link, _bytes, after) in enumerate(schedule):
-        for j in after:
-            if not 0 <= j < n or j == i:
-                raise ValueError(f"schedule entry {i} waits for {j}: not another entry")
-            dependents[j].append(i)
-    order = [i for i in range(n) if not pending[i]]
-    for i in order:  # levels: 1 + the longest chain of transfers before
-        for d in dependents[i]:
-            level[d] = max(level[d], level[i] + 1)
-            pending[d] -= 1
-            if not pending[d]:
-                order.append(d)
-    if len(order) != n:
-        raise ValueError("the schedule has a cycle: transfers that wait for each other")
-    return order, dependents, level
-
-
-def _replay(schedule: Any, dependents: list[list[int]], rate: float, lead: list[float],
-            hold: list[float], tail: list[float], burst: float, topology: str,
-            skip: set[str], overhead: float) -> float:
-    """Makespan of the transfers on their links: entry i is ready ``lead[i]`` after the
-    last transfer it waits for has arrived (after the start if none), waits for its links
-    (one transfer at a time each, in the order they became ready), takes its bytes at the
-    rate less what the links' token buckets hold, and takes ``hold[i]`` at least; the
-    call ends ``tail[i]`` after the last arrival."""
-    pending = [len(entry[2]) for entry in schedule]
-    ready_at = [0.0] * len(schedule)
-    heap = [(lead[i], i) for i in range(len(schedule)) if not pending[i]]
-    heapq.heapify(heap)
-    free: dict[str, float] = {}
-    tokens: dict[str, float] = {}
-    end = 0.0
-    while heap:
-        ready, i = heapq.heappop(heap)
-        sender, _, receiver = str(schedule[i][0]).partition("->")
-        links = _link_names(sender.strip(), receiver.strip(), topology, skip)
-        start = max([ready, *(free.get(k, 0.0) for k in links)])
-        size, takes = schedule[i][1] * overhead, 0.0
-        for k in links:  # the bucket refilled since the link's last transfer ended
-            held = min(burst, tokens.get(k, burst) + rate * (start - free.get(k, 0.0)))
-            takes = max(takes, max(0.0, size - held) / rate)
-            tokens[k] = max(0.0, held - size)
-        for k in links:
-            free[k] = start + takes
-        done = max(start + takes, ready + hold[i])
-        end = max(end, done + tail[i])
-        for d in dependents[i]:
-            ready_at[d] = max(ready_at[d], done)
-            pending[d] -= 1
-            if not pending[d]:
-                heapq.heappush(heap, (ready_at[d] + lead[d], d))
-    return end
-
-
-def _check_topology(topology: str) -> None:
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
-
-
-def transfer_scheduled_s(schedule: Any, rate: float | None, compute_s: float = 0.0,
-                         burst: float = 0.0, topology: str = "star",
-                         unshaped: Iterable[str] = (),
-                         overhead: float = FULL_FRAME_OVERHEAD) -> float:
-    """The transfer term of the replay of ``schedule`` (``[[link, bytes, [waits for]],
-    ...]``) on links of ``rate`` bytes/s, the compute spread evenly over the levels (see
-    the module docstring)."""
-    _check_topology(topology)
-    order, dependents, level = _order(schedule)
-    if rate is None:
-        return 0.0
-    gap = compute_s / (max(level, default=-1) + 2)
-    n = len(schedule)
-    end = _replay(schedule, dependents, rate, [gap] * n, [0.0] * n, [gap] * n, burst,
-                  topology, set(unshaped), overhead)
-    return max(end, compute_s) - compute_s
-
-
-def transfer_timed_s(schedule: Any, timing: Mapping[str, Any], rate: float | None,
-                     compute_s: float, burst: float = 0.0, topology: str = "star",
-                     unshaped: Iterable[str] = (),
-                     overhead: float = FULL_FRAME_OVERHEAD) -> float:
-    """The transfer term of the *timed* replay: ``schedule`` replayed with each
-    transfer's compute measured in one call with the links' limits lifted.
-
-    ``timing`` (``harness.inference.comm_trace``): ``call_s`` (that call's duration),
-    ``sent`` and ``arrived`` (per entry, seconds after its start, or None). Per entry,
-    its *lead* is the time from the arrival of the last transfer it waits for (the start
-    if none) to its being sent: the work on that path, which the even spread of
-    ``transfer_scheduled_s`` has to guess; *hold* is how long it took with the limits
-    lifted (RPC and copies), a floor on it shaped; *tail*, the time from its arrival to
-    the end of the call. A missing time counts as no lead and no hold. All three are
-    scaled by ``compute_s / call_s`` (the traced call gives the shape, the median the
-    scale), so the replay with unlimited links gives back ``compute_s``.
-    """
-    _check_topology(topology)
-    order, dependents, _level = _order(schedule)
-    if rate is None:
-        return 0.0
-    n, call = len(schedule), timing.get("call_s")
-    sent, arrived = timing.get("sent"), timing.get("arrived")
-    if not isinstance(call, (int, float)) or not call > 0 or not isinstance(sent, list) \
-            or not isinstance(arrived, list) or len(sent) != n or len(arrived) != n:
-        raise ValueError(f"timing must be {{'call_s': > 0, 'sent': [{n} times or None], "
-                         "'arrived': [...]}} for this schedule")
-    scale = compute_s / call
-    lead, hold, tail = [0.0] * n, [0.0] * n, [0.0] * n
-    got = [0.0] * n
-    for i in order:
-        before = max((got[j] for j in schedule[i][2]), default=0.0)
-        out = before if sent[i] is None else max(before, sent[i])
-        got[i] = out if arrived[i] is None else max(out, arrived[i])
-        lead[i], hold[i] = (out - before) * scale, (got[i] - out) * scale
-        tail[i] = max(0.0, call - got[i]) * scale
-    end = _replay(schedule, dependents, rate, lead, hold, tail, burst, topology,
-                  set(unshaped), overhead)
-    return max(end, compute_s) - compute_s
 
 
 def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s: float,
