@@ -79,7 +79,9 @@ with Cluster(network=network) as cluster:
     steps = {"predict": lambda: model.predict(x)}
     if cluster.shaped is not None:
         steps.update(lift=cluster.shaped.lift, restore=cluster.shaped.restore,
-                     wire=lambda: print(json.dumps(cluster.shaped.link_bytes()), flush=True))
+                     wire=lambda: print(json.dumps({"bytes": cluster.shaped.link_bytes(),
+                                                    "resent": cluster.shaped.resent_bytes()}),
+                                        flush=True))
     logs = [w.log_path for w in cluster.managed]
     if stat.S_ISREG(os.stat(2).st_mode):  # this process's own lines (its transfers)
         logs.append("/proc/self/fd/2")
@@ -135,8 +137,8 @@ class RemoteDriver:
         self.step("predict")
 
     def query(self, what: str) -> Any:
-        """``wire`` (bytes each shaped link's tbf has let through so far: ``link_bytes``)
-        or ``trace`` (one prediction, when each transfer was sent and arrived:
+        """``wire`` (bytes each shaped link's tbf has let through so far, ``link_bytes``,
+        and payload each player's TCP has retransmitted, ``resent_bytes``) or ``trace`` (one prediction, when each transfer was sent and arrived:
         ``harness.inference.comm_trace``)."""
         self.proc.stdin.write(f"{what}\n")
         self.proc.stdin.flush()
@@ -153,6 +155,10 @@ class RemoteDriver:
             self.proc.wait()
         self.proc.stdout.close()
         self._log.close()
+
+
+def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items()}
 
 
 def test_network_latency(benchmark, protocol, model, network, batch, options, recorder):
@@ -189,7 +195,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
             "timing": traces[1]}  # the traced call of median length
     projection = project(base["median_s"], comm, network.rate, network.rtt,
                          unshaped=["driver"], burst=described.get("burst_bytes") or 0)
-    wire = wire_ratios(comm, {k: after[k] - before[k] for k in after}, unshaped=["driver"])
+    wire = wire_ratios(comm, _diff(before["bytes"], after["bytes"]), unshaped=["driver"],
+                       resent=_diff(before["resent"], after["resent"]))
     row = {
         "model": model, "protocol": protocol, "batch": batch, "network": network.name,
         "rate_bytes_per_s": network.rate, "rtt_s": network.rtt,
@@ -212,7 +219,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
         "party_rounds": base["party_rounds"],
         "wire": wire,
         "wire_method": ("frame bytes each link's tbf let through during one shaped call "
-                        "(tc counters), against the counted payload"),
+                        "(tc counters), less the frames of what TCP retransmitted (ss "
+                        "bytes_retrans), against the counted payload"),
     }
     if described["delay"] == "projected":
         row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
@@ -225,7 +233,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
           f"{projection.busiest_link_bytes} B = {projection.transfer_s * 1e3:.1f} ms)")
     ratios = checked_ratios(wire)
     print(f"wire / counted per link (tc counters, one shaped call): "
-          f"{ {k: round(v, 3) for k, v in ratios.items()} }")
+          f"{ {k: round(v, 3) for k, v in ratios.items()} }; retransmitted: "
+          f"{ {k: v['resent'] for k, v in wire.items() if v['resent']} or 'nothing'}")
     orders = [out_of_order(base["schedule"], t) for t in traces]
     print(f"traced calls: {row['traced_transfers']} of {len(base['schedule'])} transfers "
           f"found in the log, {[c for c, _ in orders]} counted dependencies checked, "

@@ -319,7 +319,7 @@ def test_tbf_limits_the_link(sender):
     size = 4_000_000
     expected = size * 1514 / 1448 / 12.5e6
     with ShapedNetwork(parse_network("100mbit/40ms"), PLAYERS) as net:
-        before = net.link_bytes()
+        before, resent_before = net.link_bytes(), net.resent_bytes()
         dest = net.address("server1")
         recv = subprocess.Popen(net.exec_prefix("server1") + [
             sys.executable, "-c", _TPUT, "recv", dest, str(size)],
@@ -333,6 +333,7 @@ def test_tbf_limits_the_link(sender):
             assert send.returncode == 0, send.stderr[-1000:]
             seconds = float(send.stdout)
             wire = {k: n - before[k] for k, n in net.link_bytes().items()}
+            resent = {k: n - resent_before[k] for k, n in net.resent_bytes().items()}
         finally:
             recv.kill()
             recv.wait()
@@ -351,6 +352,9 @@ def test_tbf_limits_the_link(sender):
         assert 0 < wire[link] < size * 0.05, (link, wire)
     assert all(n < 20_000 for k, n in wire.items() if k not in moved + acks), wire
     assert set(wire) == {f"{p} {d}" for p in PLAYERS for d in ("up", "down")}
+    # each player's TCP retransmissions (ss, in its namespace): a few segments at most
+    assert set(resent) == {f"{p} up" for p in PLAYERS}
+    assert all(0 <= n < size * 0.05 for n in resent.values()), resent
 
 
 @pytest.mark.netns
@@ -459,10 +463,15 @@ def test_wire_ratios_put_counted_payload_beside_the_tbf_counters():
     wire = {"server0 up": 314_000, "server1 down": 320_000, "server0 down": 104_600,
             "server1 up": 9_000}
     got = wire_ratios(comm, wire, unshaped=["driver"])
-    assert got["server0 up"] == {"counted": 300_000, "wire": 314_000,
+    assert got["server0 up"] == {"counted": 300_000, "wire": 314_000, "resent": 0,
                                  "ratio": pytest.approx(314 / 300)}
     assert got["server0 down"]["ratio"] == pytest.approx(1.046)
-    assert got["server1 up"] == {"counted": 0, "wire": 9_000, "ratio": None}
+    assert got["server1 up"] == {"counted": 0, "wire": 9_000, "resent": 0, "ratio": None}
+    # what TCP retransmitted crossed the sender's uplink twice: its frames come off
+    again = wire_ratios(comm, {**wire, "server0 up": 314_000 + 1514 * 50},
+                        unshaped=["driver"], resent={"server0 up": 1448 * 50})
+    assert again["server0 up"]["resent"] == 72_400
+    assert again["server0 up"]["ratio"] == pytest.approx(314 / 300)
     assert set(got) == {"server0 up", "server0 down", "server1 up", "server1 down"}
     assert wire_ratios(comm, {}, unshaped=["driver"])["server1 down"]["ratio"] is None
     assert WIRE_RATIO[0] <= 1514 / 1448 <= WIRE_RATIO[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from typing import Any, Sequence
 
 from harness.net import netns
@@ -60,6 +61,7 @@ def bucket(rate: float) -> tuple[int, int]:
     return burst, burst + int(rate * QUEUE_SECONDS)
 
 
+_RETRANS = re.compile(r"\bbytes_retrans:(\d+)")
 LIFTED_RATE = 100e9 / 8  # bytes/s: a tbf rate no link here comes near (lift())
 
 
@@ -231,6 +233,20 @@ class ShapedNetwork:
             if len(tbf) != 1:
                 raise netns.NetnsError(f"{name}: expected one tbf of ours, found {len(tbf)}")
             out[name] = int(tbf[0]["bytes"])
+        return out
+
+    def resent_bytes(self) -> dict[str, int]:
+        """Payload bytes each player's TCP connections have retransmitted so far
+        (``"<player> up"``: the sum of ``bytes_retrans`` over the sockets ``ss`` shows in
+        its namespace). A retransmitted segment crosses the sender's uplink again, so
+        its rate limiter counts it twice; differences of two readings give what a call
+        resent (sockets closed in between drop out). Empty while unshaped."""
+        if self.profile.rate is None or not self.hosts.running:
+            return {}
+        out = {}
+        for player in self.players:
+            shown = netns.run(["ip", "netns", "exec", self.namespace(player), "ss", "-tinH"])
+            out[f"{player} up"] = sum(int(n) for n in _RETRANS.findall(shown))
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -152,24 +152,30 @@ def link_loads(comm: Mapping[str, Any], topology: str = "star",
 
 
 def wire_ratios(comm: Mapping[str, Any], wire: Mapping[str, int],
-                unshaped: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+                unshaped: Iterable[str] = (),
+                resent: Mapping[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """Counted payload next to what each star link's rate limiter let through, per call.
 
     ``comm``: the counted traffic of one call (as ``link_loads``); ``wire``: frame bytes
     per link name (``"<party> up"``/``"<party> down"``) over one call, e.g. the
-    difference of two ``ShapedNetwork.link_bytes()`` readings around it. Per link:
-    ``counted`` payload, ``wire`` bytes and ``ratio`` = wire / counted (None where
-    nothing was counted). The ratio is the overhead that turns payload into frames:
-    1514/1448 for full-size TCP segments, plus the ACKs of what the party moves the
-    other way, RPC headers and small control messages. A ratio below 1 means the links
-    carried less than we counted; far above the overhead, that traffic went uncounted.
+    difference of two ``ShapedNetwork.link_bytes()`` readings around it; ``resent``:
+    payload bytes TCP retransmitted per link over the same call
+    (``ShapedNetwork.resent_bytes()``: a retransmission crosses the sender's uplink
+    again). Per link: ``counted`` payload, ``wire`` bytes, ``resent`` payload and
+    ``ratio`` = (wire - resent x ``FULL_FRAME_OVERHEAD``) / counted (None where nothing was
+    counted). The ratio is the overhead that turns payload into frames: 1514/1448 for
+    full-size TCP segments, plus the ACKs of what the party moves the other way, RPC
+    headers and small control messages. A ratio below 1 means the links carried less than
+    we counted; far above the overhead, that traffic went uncounted.
     """
     counted = link_loads(comm, "star", unshaped)
+    resent = resent or {}
     out = {}
     for name in sorted(set(counted) | set(wire)):
-        c, w = counted.get(name, 0), wire.get(name)
-        out[name] = {"counted": c, "wire": w,
-                     "ratio": None if not c or w is None else w / c}
+        c, w, r = counted.get(name, 0), wire.get(name), max(0, resent.get(name, 0))
+        out[name] = {"counted": c, "wire": w, "resent": r,
+                     "ratio": None if not c or w is None
+                     else (w - r * FULL_FRAME_OVERHEAD) / c}
     return out
 
 
