@@ -160,22 +160,26 @@ def wire_ratios(comm: Mapping[str, Any], wire: Mapping[str, int],
     per link name (``"<party> up"``/``"<party> down"``) over one call, e.g. the
     difference of two ``ShapedNetwork.link_bytes()`` readings around it; ``resent``:
     payload bytes TCP retransmitted per link over the same call
-    (``ShapedNetwork.resent_bytes()``: a retransmission crosses the sender's uplink
-    again). Per link: ``counted`` payload, ``wire`` bytes, ``resent`` payload and
-    ``ratio`` = (wire - resent x ``FULL_FRAME_OVERHEAD``) / counted (None where nothing was
-    counted). The ratio is the overhead that turns payload into frames: 1514/1448 for
-    full-size TCP segments, plus the ACKs of what the party moves the other way, RPC
-    headers and small control messages. A ratio below 1 means the links carried less than
-    we counted; far above the overhead, that traffic went uncounted.
+    (``ShapedNetwork.resent_bytes()``, per sender's uplink). Per link: ``counted``
+    payload, ``wire`` bytes, ``resent`` payload, ``ratio`` = wire / counted and
+    ``ratio_less_resent`` = (wire - resent x ``FULL_FRAME_OVERHEAD``) / counted (None
+    where nothing was counted). The ratio is the overhead that turns payload into
+    frames: 1514/1448 for full-size TCP segments, plus the ACKs of what the party moves
+    the other way, RPC headers and small control messages. A retransmitted segment
+    crossed the uplink twice if it was lost after it (or resent needlessly), once if its
+    own uplink's queue dropped it, so the two ratios bound the overhead. A ratio below 1
+    means the links carried less than we counted; far above the overhead, that traffic
+    went uncounted.
     """
     counted = link_loads(comm, "star", unshaped)
     resent = resent or {}
     out = {}
     for name in sorted(set(counted) | set(wire)):
         c, w, r = counted.get(name, 0), wire.get(name), max(0, resent.get(name, 0))
+        bad = not c or w is None
         out[name] = {"counted": c, "wire": w, "resent": r,
-                     "ratio": None if not c or w is None
-                     else (w - r * FULL_FRAME_OVERHEAD) / c}
+                     "ratio": None if bad else w / c,
+                     "ratio_less_resent": None if bad else (w - r * FULL_FRAME_OVERHEAD) / c}
     return out
 
 
@@ -184,6 +188,15 @@ def checked_ratios(wire: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     least ``WIRE_CHECKED_BYTES`` counted and a reading."""
     return {k: v["ratio"] for k, v in wire.items()
             if v.get("ratio") is not None and v.get("counted", 0) >= WIRE_CHECKED_BYTES}
+
+
+def unexplained(wire: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The links of ``checked_ratios`` whose reading the count cannot explain: even with
+    every retransmitted byte counted once (``ratio_less_resent``) more than
+    ``WIRE_RATIO`` allows, or even with all of them twice (``ratio``) less."""
+    low, high = WIRE_RATIO
+    return {k: wire[k] for k, ratio in checked_ratios(wire).items()
+            if ratio < low or wire[k].get("ratio_less_resent", ratio) > high}
 
 
 def project(compute_s: float, comm: Mapping[str, Any], rate: float | None, rtt_s: float,

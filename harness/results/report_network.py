@@ -13,7 +13,7 @@ import io
 from typing import Any
 
 from harness.results.projection import WIRE_CHECKED_BYTES, checked_ratios
-from harness.results.report_tables import _num, _proto, _rows, _table
+from harness.results.report_tables import _mb, _num, _proto, _rows, _table
 
 RTT_RANGE_MS = (0.0, 100.0)
 
@@ -76,7 +76,8 @@ def section(summary: dict[str, Any]) -> list[str]:
             "call (tc's counters) over the payload we counted for that link, lowest and "
             f"highest of the links with at least {WIRE_CHECKED_BYTES // 1024} KiB counted: "
             "1514/1448 = 1.046 is what TCP/IP and Ethernet headers of full-size segments add, "
-            "and ACKs and RPC headers add a little more.", "",
+            "and ACKs and RPC headers add a little more; what TCP retransmitted in that call "
+            "(ss, per sender) is shown beside it, and may have crossed an uplink twice.", "",
             *_table(("model", "protocol", "network", "batch", "rate MB/s", "RTT ms", "delay",
                      "compute ms", "emulated ms", "projected w/o RTT ms", "model error %",
                      "rounds sequential w/o RTT ms", "scheduled w/o RTT ms",
@@ -93,10 +94,13 @@ TIMED = "projected_timed_without_rtt_ms"
 
 def _wire(r: dict[str, Any]) -> str:
     """Lowest-highest wire / counted ratio of the row's well-filled links ('-': none)."""
-    ratios = list(checked_ratios(r.get("wire") or {}).values())
+    wire = r.get("wire") or {}
+    ratios = list(checked_ratios(wire).values())
     if not ratios:
         return "-"
-    return f"{min(ratios):.3f}-{max(ratios):.3f}"
+    resent = sum(v.get("resent") or 0 for v in wire.values())
+    return f"{min(ratios):.3f}-{max(ratios):.3f}" + (
+        f" ({_mb(resent)} resent)" if resent else "")
 
 
 def _within(rows: list[dict[str, Any]], what: str, key: str = "projected_without_rtt_ms",
