@@ -13,7 +13,7 @@ import io
 from typing import Any
 
 from harness.results.projection import WIRE_CHECKED_BYTES, checked_ratios
-from harness.results.report_tables import _mb, _num, _proto, _rows, _table
+from harness.results.report_tables import _num, _proto, _rows, _table
 
 RTT_RANGE_MS = (0.0, 100.0)
 
@@ -99,8 +99,8 @@ def _wire(r: dict[str, Any]) -> str:
     if not ratios:
         return "-"
     resent = sum(v.get("resent") or 0 for v in wire.values())
-    return f"{min(ratios):.3f}-{max(ratios):.3f}" + (
-        f" ({_mb(resent)} resent)" if resent else "")
+    size = f"{resent / 1e6:.3g} MB" if resent >= 1e5 else f"{resent / 1e3:.3g} kB"
+    return f"{min(ratios):.3f}-{max(ratios):.3f}" + (f" ({size} resent)" if resent else "")
 
 
 def _within(rows: list[dict[str, Any]], what: str, key: str = "projected_without_rtt_ms",
