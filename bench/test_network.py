@@ -139,7 +139,8 @@ class RemoteDriver:
 
     def query(self, what: str) -> Any:
         """``wire`` (bytes each shaped link's tbf has let through so far, ``link_bytes``,
-        and payload each player's TCP has retransmitted, ``resent_bytes``) or ``trace`` (one prediction, when each transfer was sent and arrived:
+        and payload each player's TCP has retransmitted, ``resent_bytes``) or ``trace``
+        (one prediction, when each transfer was sent and arrived:
         ``harness.inference.comm_trace``)."""
         self.proc.stdin.write(f"{what}\n")
         self.proc.stdin.flush()
@@ -220,8 +221,8 @@ def test_network_latency(benchmark, protocol, model, network, batch, options, re
         "party_rounds": base["party_rounds"],
         "wire": wire,
         "wire_method": ("frame bytes each link's tbf let through during one shaped call "
-                        "(tc counters), less the frames of what TCP retransmitted (ss "
-                        "bytes_retrans), against the counted payload"),
+                        "(tc counters), against the counted payload; what each player's "
+                        "TCP retransmitted in that call (ss bytes_retrans) beside it"),
     }
     if described["delay"] == "projected":
         row["emulated_plus_projected_delay_ms"] = (emulated_s + projection.latency_s) * 1e3
