@@ -203,7 +203,10 @@ def test_exception_inside_removes_everything():
 
 
 _CREATOR = """
-import subprocess, sys, time
+import signal, subprocess, sys, time
+# interruptible whatever launched the tests: a shell's background job (``&``, nohup)
+# passes SIGINT on ignored, and Python then leaves it so
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from harness.net.netprofile import parse_network
 from harness.net.shaping import ShapedNetwork
 net = ShapedNetwork(parse_network("100mbit/40ms"), sys.argv[1:]).start()
