@@ -110,11 +110,13 @@ def _replay(schedule: Any, dependents: list[list[int]], rate: float, lead: list[
     says, arrives no sooner than ``hold[i]`` after it was ready; the call ends ``tail[i]``
     after the last arrival."""
     n = len(schedule)
-    links = [link_names(*(p.strip() for p in str(entry[0]).partition("->")[::2]),
-                        topology, skip) for entry in schedule]
+    links = []
+    for entry in schedule:
+        sender, _, receiver = str(entry[0]).partition("->")
+        links.append(link_names(sender.strip(), receiver.strip(), topology, skip))
     tokens = {k: float(burst) for ks in links for k in ks}
     pending = [len(entry[2]) for entry in schedule]
-    ready_at, floor = [0.0] * n, [0.0] * n
+    floor = [0.0] * n
     events = [(lead[i], 0, i) for i in range(n) if not pending[i]]  # 0: ready, 1: arrived
     heapq.heapify(events)
     left: dict[int, float] = {}  # bytes still to send, of the transfers on the wire
@@ -148,11 +150,10 @@ def _replay(schedule: Any, dependents: list[list[int]], rate: float, lead: list[
                     heapq.heappush(events, (floor[i], 1, i))
                 continue
             end = max(end, now + tail[i])
-            for d in dependents[i]:
-                ready_at[d] = max(ready_at[d], now)
+            for d in dependents[i]:  # events come in time order: the last arrival is now
                 pending[d] -= 1
                 if not pending[d]:
-                    heapq.heappush(events, (ready_at[d] + lead[d], 0, d))
+                    heapq.heappush(events, (now + lead[d], 0, d))
     return end
 
 
