@@ -378,6 +378,11 @@ def test_serving_load_report_section_plot_and_files(tmp_path: Path) -> None:
     met = {"serving_load": [row(False, 1, 8.0, 120.0, 130.0), row(True, 8, 25.0, 300, 350)]}
     text = "\n".join(report_serving.section(met))
     assert "x3.12 (target >= 3)" in text and "**met**" in text
+    assert "| 8 x 5 x 1 | 25 |" in text  # one round: no range
+    several = dict(row(True, 8, 25.0, 300, 350), rounds=3,
+                   throughput_rps_rounds=[21.5, 25.0, 30.25])
+    assert "| 8 x 5 x 3 | 25 (21.5-30.2) |" in "\n".join(
+        report_serving.section({"serving_load": [row(False, 1, 8.0, 120.0, 130.0), several]}))
     missed = {"serving_load": [row(False, 1, 8.0, 120.0, 130.0),
                                row(True, 8, 25.0, 300, 350, wrong=1)]}
     assert "**not met**" in "\n".join(report_serving.section(missed))  # a wrong answer

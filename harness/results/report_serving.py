@@ -49,6 +49,13 @@ def _ratio(a: Any, b: Any) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _throughput(r: dict[str, Any]) -> str:
+    """The median round, and the range over rounds where there were several."""
+    rates = [x for x in r.get("throughput_rps_rounds") or [] if x is not None]
+    text = _f(r.get("throughput_rps"))
+    return f"{text} ({min(rates):.3g}-{max(rates):.3g})" if len(rates) > 1 else text
+
+
 def _mode(r: dict[str, Any]) -> str:
     if not r.get("batching"):
         return "off"
@@ -62,8 +69,10 @@ def section(summary: dict[str, Any]) -> list[str]:
     lines = ["## Serving under load", "",
              "C client processes, each sending R requests one after another (closed loop), "
              "against one served model on the auto-managed loopback cluster. Latency is what "
-             "each client measured per request (sharing, queueing, batch, unmasking); "
-             "throughput counts correct answers over the round's wall time. Every result is "
+             "each client measured per request (sharing, queueing, batch, unmasking), its "
+             "percentiles over the answers of all rounds; throughput counts correct answers "
+             "over a round's wall time: the median round, with the slowest and fastest in "
+             "brackets (C x R x rounds says how many). Every result is "
              "checked against the plaintext logits of its own image: *wrong* = argmax differs, "
              "*refused* = the request got an error back, *lost* = no answer. x single = over "
              "the single-client sequential row (C = 1, batching off) of the same run; the "
@@ -86,8 +95,8 @@ def section(summary: dict[str, Any]) -> list[str]:
         p95 = _ratio(r.get("latency_ms_p95"), (base or {}).get("latency_ms_p50"))
         lines.append(" | ".join([
             f"| {LABELS.get(r.get('protocol'), r.get('protocol'))}", _mode(r),
-            f"{r.get('clients')} x {r.get('requests_per_client')}",
-            _f(r.get("throughput_rps")), _f(speedup), _f(r.get("latency_ms_p50"), ".4g"),
+            f"{r.get('clients')} x {r.get('requests_per_client')} x {r.get('rounds') or 1}",
+            _throughput(r), _f(speedup), _f(r.get("latency_ms_p50"), ".4g"),
             _f(r.get("latency_ms_p95"), ".4g"), _f(r.get("latency_ms_p99"), ".4g"), _f(p95),
             _f(r.get("mean_batch")),
             " / ".join(_f(r.get(f"owner_{k}_ms_median"), ".0f")
