@@ -266,7 +266,10 @@ def _percentile(values: list[float], q: float) -> float | None:
 def _rounds(options: Any) -> int:
     """Rounds per row: one round of 40 requests is too few on a shared machine (its
     throughput moved by 1.5x between rounds of the same deployment)."""
-    return int(os.environ.get("HARNESS_LOAD_ROUNDS", "3" if options.quick else "5"))
+    raw = os.environ.get("HARNESS_LOAD_ROUNDS", "3" if options.quick else "5")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise pytest.UsageError(f"HARNESS_LOAD_ROUNDS must be a whole number >= 1, got {raw!r}")
+    return int(raw)
 
 
 def _score(answers: list[list[tuple[int, dict[str, Any] | None]]],
