@@ -320,9 +320,11 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
     batches, _ = load_deployment.batches_since(offset)
     cpu = {k: v - cpu_before[k] for k, v in load_deployment.cpu_seconds().items()}
     scored = [_score(answers, plain) for _, answers in done]
-    lat = [x for s in scored for x in s["lat"]]
-    errs = [x for s in scored for x in s["errs"]]
-    agree = [x for s in scored for x in s["agree"]]
+
+    def pooled(key: str, part: str | None = None) -> list[Any]:  # over all rounds
+        return [x for s in scored for x in (s[key] if part is None else s[key][part])]
+
+    lat, errs, agree = pooled("lat"), pooled("errs"), pooled("agree")
     refused, lost, wrong = (sum(s[k] for s in scored) for k in ("refused", "lost", "wrong"))
     # per round: correct answers over its wall time; the row quotes the median round
     rates = [(len(s["lat"]) - s["wrong"]) / wall for (wall, _), s in zip(done, scored)
@@ -348,8 +350,7 @@ def test_serving_load(benchmark, load_deployment, load_protocol, batching, clien
               for i, k in ((1, "step"), (2, "idle"), (3, "gather"))},
            # where a client's time goes (medians): sharing and sending, until the result is
            # in its queues, fetching and unmasking it
-           **{f"client_{k}_median": _percentile([x for s in scored for x in s["parts"][k]], 50)
-              for k in CLIENT_PARTS},
+           **{f"client_{k}_median": _percentile(pooled("parts", k), 50) for k in CLIENT_PARTS},
            # CPU seconds per request (2 cores shared by everything)
            "cpu_s_serving_per_request": cpu["serving"] / total,
            "cpu_s_owner_per_request": cpu["owner"] / total,

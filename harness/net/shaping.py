@@ -239,7 +239,7 @@ class ShapedNetwork:
         """Payload bytes each player's TCP connections have retransmitted so far
         (``"<player> up"``: the sum of ``bytes_retrans`` over the sockets ``ss`` shows in
         its namespace). A retransmitted segment lost beyond the sender's uplink (or resent
-        needlessly) crossed that uplink twice, one its own queue dropped once; differences
+        needlessly) crossed that uplink twice, once if its own queue dropped it; differences
         of two readings give what a call resent (sockets closed in between drop out).
         Empty while unshaped."""
         if self.profile.rate is None or not self.hosts.running:
